@@ -1,0 +1,27 @@
+"""The Python API, mirroring the CLI: keyword-only options, validated like the CLI's flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgeopt import recipe
+from edgeopt.pipeline import Progress, Result
+from edgeopt.pipeline import compress as _run
+
+
+def compress(model: str | Path, *, target: str = "tflite", calib: str | Path | None = None,
+             val: str | Path | None = None, precision: str = "int8", int8_io: bool = False,
+             calib_samples: int = 300, seed: int = 0, output: str | Path | None = None,
+             trust_model: bool = False, validate: bool = True, runs: int = 100, warmup: int = 10,
+             threads: int | None = None, progress: Progress | None = None) -> Result:
+    """Compress ``model`` for ``target`` (comma-separated for several) and validate the result.
+
+    Same defaults and checks as ``edgeopt compress``; raises :class:`edgeopt.errors.EdgeoptError`
+    subclasses for bad input.
+    """
+    config = recipe.build(
+        "the compress() arguments", model=Path(model), targets=target, precision=precision, int8_io=int8_io,
+        trust_model=trust_model, output=output,
+        calibration={"data": calib, "samples": calib_samples, "seed": seed},
+        validation={"enabled": validate, "data": val, "runs": runs, "warmup": warmup, "threads": threads})
+    return _run(config, progress)

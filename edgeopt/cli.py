@@ -1,0 +1,171 @@
+"""The `edgeopt` command: a thin layer over the library that maps errors to exit codes."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from edgeopt import __version__
+from edgeopt.errors import EdgeoptError
+
+EPILOG = ("Exit codes: 0 ok, 1 gate failed, 2 usage/config error, 3 input rejected, "
+          "4 unsupported op or conversion failure, 5 environment problem, 130 interrupted.")
+
+
+def _floats(ctx, param, value: str | None):
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got '{value}'") from None
+
+
+def _size(ctx, param, value: str | None):
+    if value is None:
+        return None
+    parts = value.lower().replace("x", ",").split(",")
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        dims = ()
+    if len(dims) == 1:
+        dims = dims * 2
+    if len(dims) != 2 or min(dims) < 1:
+        raise click.BadParameter(f"expected HEIGHT,WIDTH (or one number for square images), got '{value}'")
+    return dims
+
+
+def handle_errors(fn):
+    """Turn edgeopt's exceptions into a message and a stable exit code; --debug shows tracebacks."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from edgeopt.console import err
+
+        debug = bool(os.environ.get("EDGEOPT_DEBUG"))
+        try:
+            return fn(*args, **kwargs)
+        except EdgeoptError as exc:
+            if debug:
+                err.print_exception()
+            err.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+            if exc.hint:
+                err.print(f"[yellow]hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            err.print("[bold red]interrupted[/]: partial outputs were removed; earlier outputs are untouched.")
+            sys.exit(130)
+        except Exception as exc:  # a bug or a backend failure nobody anticipated
+            if debug:
+                err.print_exception()
+            err.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {exc}", highlight=False,
+                      soft_wrap=True)
+            err.print("[yellow]hint:[/] run again with --debug for the traceback, and report it.")
+            sys.exit(4)
+
+    return wrapper
+
+
+@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgeopt")
+@click.option("--debug", is_flag=True, help="Show full tracebacks and backend logs.")
+def main(debug: bool) -> None:
+    """Make a trained model ready for an edge device: smaller, faster, and proven accurate."""
+    if debug:
+        os.environ["EDGEOPT_DEBUG"] = "1"
+
+
+@main.command(epilog=EPILOG)
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--target", "-t", default="tflite", show_default=True, help="Artifact format(s), comma-separated.")
+@click.option("--calib", type=click.Path(path_type=Path), help="Calibration data: .npz, folder of .npy, or images.")
+@click.option("--val", type=click.Path(path_type=Path),
+              help="Validation data (labels from an array named 'labels'). Default: held-out calibration samples.")
+@click.option("--precision", type=click.Choice(["int8", "fp16", "fp32"]), default="int8", show_default=True)
+@click.option("--int8-io", is_flag=True, help="int8 model inputs and outputs instead of float.")
+@click.option("--calib-samples", type=click.IntRange(min=1), default=300, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for choosing samples.")
+@click.option("--image-size", callback=_size, help="HEIGHT,WIDTH for image folders (default: the model's).")
+@click.option("--mean", callback=_floats, help="Per-channel mean after scaling pixels to [0,1], e.g. 0.485,0.456,0.406.")
+@click.option("--std", callback=_floats, help="Per-channel std after scaling pixels to [0,1].")
+@click.option("--layout", type=click.Choice(["nhwc", "nchw"]), help="Image folder tensor layout (default: the model's).")
+@click.option("--color", type=click.Choice(["rgb", "gray"]), help="Image folder colour mode (default: from channels).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output folder [default: edgeopt_out/<model-stem>/].")
+@click.option("--trust-model", is_flag=True, help="Allow models that carry code (Lambda layers, SavedModel graphs).")
+@click.option("--no-validate", is_flag=True, help="Skip fidelity, accuracy and latency measurement.")
+@click.option("--runs", type=click.IntRange(min=1), default=100, show_default=True, help="Timed latency runs.")
+@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed warm-up runs.")
+@click.option("--threads", type=click.IntRange(min=1), help="Runtime threads [default: all cores].")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@handle_errors
+def compress(model, target, calib, val, precision, int8_io, calib_samples, seed, image_size, mean, std, layout,
+             color, output, trust_model, no_validate, runs, warmup, threads, quiet):
+    """Compress MODEL for an edge target and validate the artifact against it.
+
+    \b
+    Example:  edgeopt compress model.h5 --target tflite --calib calib.npz --val val.npz
+    """
+    from edgeopt import recipe
+
+    calibration = {"data": calib, "samples": calib_samples, "seed": seed, "image_size": image_size,
+                   "layout": layout, "color": color}
+    if mean is not None:
+        calibration["mean"] = mean
+    if std is not None:
+        calibration["std"] = std
+    config = recipe.build(
+        "the command line", model=model, targets=target, precision=precision, int8_io=int8_io,
+        trust_model=trust_model, output=output, calibration=calibration,
+        validation={"enabled": not no_validate, "data": val, "runs": runs, "warmup": warmup, "threads": threads})
+    _run_and_show(config, quiet)
+
+
+@main.command(epilog=EPILOG)
+@click.argument("recipe_file", type=click.Path(path_type=Path))
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@handle_errors
+def run(recipe_file, quiet):
+    """Run a recipe, such as the recipe.yaml saved beside every output."""
+    from edgeopt import recipe
+
+    _run_and_show(recipe.load(recipe_file), quiet)
+
+
+def _run_and_show(config, quiet: bool) -> None:
+    from edgeopt.console import err, out, steps, table
+    from edgeopt.pipeline import compress as run_compress
+    from edgeopt.report import summary_rows
+
+    with steps(quiet) as progress:
+        result = run_compress(config, progress)
+    header, rows = summary_rows(result.report)
+    out.print(table(f"edgeopt: {config.model}", header, rows, transpose=True))
+    for a in result.report["artifacts"]:
+        ops = a.get("ops") or {}
+        if ops and a["precision"] == "int8":
+            verdict = "[green]full integer[/]" if ops.get("full_integer") else \
+                f"[yellow]ops left in float: {', '.join(ops['float_ops'])}[/]"
+            out.print(f"{Path(a['path']).name}: {verdict}")
+    for note in result.report["notes"]:
+        err.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+    out.print(f"Outputs in [bold]{result.output_dir}[/]: " + ", ".join(sorted(result.files)))
+
+
+@main.command()
+@handle_errors
+def doctor():
+    """List installed frameworks and runtimes, and which conversion paths work."""
+    from edgeopt.console import out, table
+    from edgeopt.doctor import framework_rows, path_rows
+
+    out.print(table("Frameworks and runtimes", ["package", "version", "extra"], framework_rows()))
+    out.print(table("Paths", ["kind", "path", "status"], path_rows()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Lazy imports of heavy frameworks, failing once and clearly when one is missing."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+import importlib.metadata
+import sys
+from collections.abc import Iterator
+from types import ModuleType
+
+from edgeopt.errors import MissingDependency
+
+# module name -> (distribution to report the version of, extra that installs it)
+OPTIONAL = {
+    "tensorflow": ("tensorflow-cpu", "tf"),
+    "keras": ("keras", "tf"),
+    "ai_edge_litert": ("ai-edge-litert", "tf"),
+    "tf2onnx": ("tf2onnx", "tf"),
+    "h5py": ("h5py", "tf"),
+    "torch": ("torch", "torch"),
+    "onnx": ("onnx", "onnx"),
+    "onnxruntime": ("onnxruntime", "onnx"),
+    "onnxscript": ("onnxscript", "torch"),
+    "openvino": ("openvino", "openvino"),
+    "nncf": ("nncf", "openvino"),
+}
+
+
+# TensorFlow prints C++ start-up logs unless told before its first import.
+_QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow", "GRPC_VERBOSITY": "ERROR"}
+
+
+# Frameworks whose C++ side writes to stderr on import, past Python's control.
+_NOISY = {"tensorflow", "keras", "tf2onnx", "ai_edge_litert"}
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 (C++ logs) unless --debug asked for everything."""
+    if os.environ.get("EDGEOPT_DEBUG"):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def require(module: str, purpose: str) -> ModuleType:
+    """Import ``module`` or raise MissingDependency naming the extra to install."""
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    try:
+        if module.split(".")[0] in _NOISY and module not in sys.modules:
+            with quiet_stderr():
+                imported = importlib.import_module(module)
+            # absl's Python logger repeats converter deprecation chatter on every call.
+            logging.getLogger("absl").setLevel(logging.DEBUG if os.environ.get("EDGEOPT_DEBUG") else logging.ERROR)
+            return imported
+        return importlib.import_module(module)
+    except ImportError as exc:
+        top = module.split(".")[0]
+        extra = OPTIONAL.get(top, (top, "all"))[1]
+        raise MissingDependency(top, extra, purpose) from exc
+
+
+def version_of(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def installed_versions() -> dict[str, str]:
+    """Versions of the optional frameworks present, without importing them."""
+    found: dict[str, str] = {}
+    for dist, _extra in OPTIONAL.values():
+        v = version_of(dist)
+        if v is not None:
+            found[dist] = v
+    return found

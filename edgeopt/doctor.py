@@ -1,0 +1,25 @@
+"""What is installed and which paths can run, read from package metadata (nothing heavy imported)."""
+
+from __future__ import annotations
+
+from edgeopt.deps import OPTIONAL, version_of
+from edgeopt.registry import ENTRIES, REQUIRES
+
+
+def framework_rows() -> list[list[str]]:
+    rows = []
+    for dist, extra in dict(OPTIONAL.values()).items():
+        rows.append([dist, version_of(dist) or "[red]not installed[/]", extra])
+    return rows
+
+
+def path_status(kind: str, key: str) -> str:
+    missing = [dist for _module, dist in REQUIRES.get((kind, key), ()) if version_of(dist) is None]
+    if missing:
+        extra = OPTIONAL.get(next(m for m, d in REQUIRES[(kind, key)] if d == missing[0]), ("", "all"))[1]
+        return f"[red]needs {', '.join(missing)}[/] (pip install \"edgeopt[{extra}]\")"
+    return "[green]ready[/]"
+
+
+def path_rows() -> list[list[str]]:
+    return [[kind, key, path_status(kind, key)] for kind, key in ENTRIES]

@@ -1,0 +1,76 @@
+"""The one exception tree. The CLI maps each class to a stable exit code.
+
+0 ok · 1 gate failed · 2 usage/config error · 3 input rejected · 4 unsupported op or
+conversion failure · 5 environment/device problem (retryable) · 130 interrupted.
+"""
+
+from __future__ import annotations
+
+
+class EdgeoptError(Exception):
+    """Base of every error edgeopt raises on purpose.
+
+    ``message`` says what was received and what was expected; ``hint`` says how to fix it.
+    """
+
+    exit_code: int = 2
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
+
+
+class GateFailed(EdgeoptError):
+    """A measured result broke a budget or a regression limit."""
+
+    exit_code = 1
+
+
+class UsageError(EdgeoptError):
+    """A flag, option or config value is wrong."""
+
+    exit_code = 2
+
+
+class InputRejected(EdgeoptError):
+    """A model or data file is missing, corrupt, of the wrong kind, or unsafe to load."""
+
+    exit_code = 3
+
+
+class UnsafeModel(InputRejected):
+    """The model carries code that would run on load; needs ``--trust-model``."""
+
+
+class ConversionError(EdgeoptError):
+    """An op is unsupported or a conversion failed or diverged from the source."""
+
+    exit_code = 4
+
+
+class EnvironmentProblem(EdgeoptError):
+    """Something outside the inputs is wrong: missing framework, device, disk. Often retryable."""
+
+    exit_code = 5
+
+
+class MissingDependency(EnvironmentProblem):
+    """An optional framework is not installed."""
+
+    def __init__(self, module: str, extra: str, purpose: str) -> None:
+        super().__init__(
+            f"{purpose} needs the Python package '{module}', which is not installed.",
+            hint=f'pip install "edgeopt[{extra}]"',
+        )
+        self.module = module
+        self.extra = extra
+
+
+class Interrupted(EdgeoptError):
+    """The user interrupted the run (Ctrl-C)."""
+
+    exit_code = 130

@@ -1,0 +1,1 @@
+"""Model importers, one module per framework; safe loading lives here."""

@@ -1,0 +1,1 @@
+"""Transformations of a model before export (pruning, quantization, distillation)."""

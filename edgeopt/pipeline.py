@@ -1,0 +1,216 @@
+"""The compress job: import -> convert/quantize -> validate -> report, in one direction."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeopt import calibration as cal
+from edgeopt import recipe, registry
+from edgeopt.errors import InputRejected, UsageError
+from edgeopt.formats import SOURCE_FORMATS, detect_format, suffix_mismatch
+from edgeopt.frameworks.base import LoadedModel
+from edgeopt.outputs import OutputStage, check_output_dir
+from edgeopt.report import build_report, render_markdown, write_json
+from edgeopt.validate import fidelity as fid
+from edgeopt.validate.latency import measure_interleaved
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Result:
+    """What a compress run produced: the report (as in report.json) and where files went."""
+
+    report: dict[str, Any]
+    output_dir: Path
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def artifacts(self) -> list[dict[str, Any]]:
+        return self.report["artifacts"]
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def load_source(path: Path, *, trust: bool) -> tuple[LoadedModel, list[str]]:
+    fmt = detect_format(path)
+    notes = [n for n in [suffix_mismatch(path, fmt)] if n]
+    if fmt not in SOURCE_FORMATS:
+        raise InputRejected(
+            f"'{path}' is a {fmt.value} artifact, not a source model edgeopt can compress.",
+            hint="Pass the original Keras (.h5/.keras/SavedModel) model; to measure an artifact use `edgeopt validate`.")
+    loader = registry.resolve("loader", fmt.value)
+    return loader(path, fmt, trust=trust), notes
+
+
+def compress(config: recipe.CompressConfig, progress: Progress | None = None) -> Result:
+    say = progress or (lambda _msg: None)
+    started = time.perf_counter()
+    out_dir = config.output_dir()
+    check_output_dir(out_dir)
+
+    say("Loading the model")
+    source, notes = load_source(config.model, trust=config.trust_model)
+    inputs = source.handle.inputs
+
+    say("Checking calibration and validation data")
+    images = cal.ImageOptions(size=config.calibration.image_size, mean=config.calibration.mean,
+                              std=config.calibration.std, layout=config.calibration.layout,
+                              color=config.calibration.color)
+    calib = holdout = val = None
+    if config.calibration.data is not None:
+        calib_source = cal.open_data(config.calibration.data, inputs, images, role="calibration")
+        keep_back = cal.holdout_size(calib_source.count) if config.validation.data is None else 0
+        calib, holdout = cal.select(calib_source, samples=config.calibration.samples,
+                                    seed=config.calibration.seed, holdout=keep_back)
+        calib.check_finite()
+    if config.validation.enabled:
+        if config.validation.data is not None:
+            val_source = cal.open_data(config.validation.data, inputs, images, role="validation")
+            val, _ = cal.select(val_source, samples=min(val_source.count, 2000), seed=config.calibration.seed)
+            val.check_finite()
+        else:
+            val = holdout
+            if calib is not None and val is None:
+                val = calib
+                notes.append("Too few calibration samples to hold some back: validated on the calibration samples.")
+    if config.precision == "int8" and calib is None:
+        notes.append("No calibration data: the int8 model uses dynamic-range quantization "
+                     "(int8 weights, float activations). Pass --calib for full-integer int8.")
+
+    with OutputStage(out_dir) as stage:
+        artifacts = []
+        for target in config.targets:
+            say(f"Converting to {target}")
+            exporter = registry.resolve("exporter", f"{source.handle.framework}->{target}")
+            stem = config.model.stem if config.model.is_file() else config.model.name
+            baseline = exporter(source, stage.dir / f".{stem}_baseline_fp32.{target}", precision="fp32")
+            name = f"{stem}_{config.precision}.{target}"
+            say(f"Quantizing to {config.precision}" if config.precision != "fp32" else "Writing fp32 artifact")
+            result = exporter(source, stage.path(name), precision=config.precision, calib=calib,
+                              int8_io=config.int8_io)
+            notes.extend(result.notes)
+            artifacts.append(_measure(target, source, baseline, result, val, config, say))
+            baseline.path.unlink(missing_ok=True)
+
+        report = build_report(
+            command="compress", config=config, source=source, source_sha256=sha256_of(config.model),
+            calibration=_data_entry(config.calibration.data, calib, config.calibration.seed),
+            validation=_data_entry(config.validation.data or config.calibration.data, val, config.calibration.seed,
+                                   held_out=config.validation.data is None and val is holdout),
+            artifacts=artifacts, notes=notes, wall_seconds=time.perf_counter() - started)
+        say("Writing outputs")
+        for a in report["artifacts"]:
+            a["path"] = str(out_dir / Path(a["path"]).name)
+        write_json(stage.path("report.json"), report)
+        stage.path("report.md").write_text(render_markdown(report), encoding="utf-8")
+        stage.path("recipe.yaml").write_text(recipe.to_yaml(config), encoding="utf-8")
+        files = stage.commit()
+    return Result(report=report, output_dir=out_dir, files=files)
+
+
+def _data_entry(path, subset: cal.Subset | None, seed: int, held_out: bool = False) -> dict | None:
+    if subset is None:
+        return None
+    entry = {"path": str(path), "samples": len(subset), "seed": seed, "sha256": subset.sha256(),
+             "labels": subset.source.labels is not None}
+    if held_out:
+        entry["held_out_from_calibration"] = True
+    return entry
+
+
+def _measure(target, source: LoadedModel, baseline, result, val: cal.Subset | None,
+             config: recipe.CompressConfig, say: Progress) -> dict[str, Any]:
+    open_session = registry.resolve("runtime", target)
+    names = source.handle.input_names
+    threads = config.validation.threads
+    sessions = {"fp32": open_session(baseline.path, threads=threads, input_names=names),
+                "artifact": open_session(result.path, threads=threads, input_names=names)}
+    entry: dict[str, Any] = {
+        "target": target, "path": str(result.path), "precision": result.precision,
+        "size_bytes": result.path.stat().st_size, "baseline_size_bytes": baseline.path.stat().st_size,
+        "io_dtypes": {t.name: t.dtype for t in sessions["artifact"].inputs},
+        "input_layout": {t.name: t.layout for t in sessions["artifact"].inputs},
+        "ops": op_summary(sessions["artifact"]), "float_fallback": result.float_fallback,
+    }
+    if not config.validation.enabled:
+        return entry
+    if val is not None:
+        say(f"Validating on {len(val)} samples")
+        ref_out, outs, labels = evaluate(source, sessions, val)
+        entry["baseline_fidelity"] = fid.fidelity(ref_out, outs["fp32"])
+        entry["fidelity"] = fid.fidelity(ref_out, outs["artifact"])
+        if labels is not None and fid.is_classifier(ref_out[0]):
+            entry["reference_accuracy"] = fid.accuracy(ref_out[0], labels)
+            entry["accuracy"] = fid.accuracy(outs["artifact"][0], labels)
+        feed = next(iter(val))
+    else:
+        feed = {t.name: np.random.default_rng(0).random((1, *t.shape[1:]), dtype=np.float32)
+                for t in sessions["artifact"].inputs}
+        entry["notes"] = ["No validation data: fidelity and accuracy not measured; latency on random inputs."]
+    say("Measuring latency (fp32 and artifact, interleaved)")
+    stats = measure_interleaved(sessions, feed, runs=config.validation.runs, warmup=config.validation.warmup)
+    entry["baseline_latency_ms"] = stats["fp32"].to_dict()
+    entry["latency_ms"] = stats["artifact"].to_dict()
+    entry["speedup"] = round(stats["fp32"].p50 / stats["artifact"].p50, 3)
+    return entry
+
+
+def evaluate(source: LoadedModel, sessions: dict, subset: cal.Subset, chunk: int = 32):
+    """Run the source (in batches) and every session (sample by sample) over ``subset``, streamed."""
+    ref_parts: list[list[np.ndarray]] = []
+    art_parts: dict[str, list[list[np.ndarray]]] = {k: [] for k in sessions}
+    rows: list[dict[str, np.ndarray]] = []
+
+    def flush() -> None:
+        batch = {n: np.concatenate([r[n] for r in rows]) for n in rows[0]}
+        ref_parts.append(source.predict(batch))
+        for key, session in sessions.items():
+            art_parts[key].append(session.run_many(rows))
+        rows.clear()
+
+    for row in subset:
+        rows.append(row)
+        if len(rows) == chunk:
+            flush()
+    if rows:
+        flush()
+    join = lambda parts: [np.concatenate(p) for p in zip(*parts)]  # noqa: E731
+    return join(ref_parts), {k: join(v) for k, v in art_parts.items()}, subset.labels()
+
+
+def op_summary(session) -> dict[str, Any]:
+    """Op counts, and which compute ops run in float: the evidence for 'full integer'."""
+    if not hasattr(session, "ops"):
+        return {}
+    counts: dict[str, int] = {}
+    float_ops: list[str] = []
+    for op in session.ops():
+        counts[op["op"]] = counts.get(op["op"], 0) + 1
+        if op["op"] in ("QUANTIZE", "DEQUANTIZE"):
+            continue
+        if any(d.startswith("float") for d in op["inputs"][:1] + op["outputs"]):
+            float_ops.append(op["op"])
+    return {"counts": dict(sorted(counts.items())), "float_ops": sorted(set(float_ops)),
+            "full_integer": not float_ops}
+
+
+def validate_choice(value: str, choices: tuple[str, ...], flag: str) -> str:
+    if value not in choices:
+        raise UsageError(f"{flag} must be one of {', '.join(choices)}; got '{value}'.")
+    return value

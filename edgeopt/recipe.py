@@ -1,0 +1,119 @@
+"""Typed run configuration. A recipe file is this configuration as YAML, versioned, and the
+exact one used is saved beside every output so the run can be repeated with ``edgeopt run``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edgeopt.errors import InputRejected, UsageError
+
+RECIPE_VERSION = 1
+TARGETS = ("tflite",)
+PRECISIONS = ("int8", "fp16", "fp32")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CalibrationConfig(_Strict):
+    data: Path | None = None
+    samples: int = Field(300, ge=1)
+    seed: int = 0
+    image_size: tuple[int, int] | None = None
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    layout: Literal["nhwc", "nchw"] | None = None
+    color: Literal["rgb", "gray"] | None = None
+
+    @field_validator("std")
+    @classmethod
+    def _std_nonzero(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(s == 0 for s in v):
+            raise ValueError("std values must be non-zero")
+        return v
+
+
+class ValidationConfig(_Strict):
+    enabled: bool = True
+    data: Path | None = None
+    runs: int = Field(100, ge=1)
+    warmup: int = Field(10, ge=0)
+    threads: int | None = Field(None, ge=1)
+
+
+class CompressConfig(_Strict):
+    version: int = RECIPE_VERSION
+    model: Path
+    targets: tuple[str, ...] = ("tflite",)
+    precision: Literal["int8", "fp16", "fp32"] = "int8"
+    int8_io: bool = False
+    trust_model: bool = False
+    calibration: CalibrationConfig = CalibrationConfig()
+    validation: ValidationConfig = ValidationConfig()
+    output: Path | None = None
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _split_targets(cls, v):
+        if isinstance(v, str):
+            v = [t.strip() for t in v.split(",") if t.strip()]
+        unknown = [t for t in v if t not in TARGETS]
+        if unknown:
+            raise ValueError(f"unknown target(s) {unknown}; choose from {list(TARGETS)}")
+        if not v:
+            raise ValueError("at least one target is needed")
+        return tuple(dict.fromkeys(v))
+
+    @field_validator("version")
+    @classmethod
+    def _known_version(cls, v: int) -> int:
+        if v != RECIPE_VERSION:
+            raise ValueError(f"recipe version {v} is not supported; this edgeopt reads version {RECIPE_VERSION}")
+        return v
+
+    def output_dir(self) -> Path:
+        return self.output or Path("edgeopt_out") / self.model.stem
+
+
+def build(origin: str, **values) -> CompressConfig:
+    """Validate values into a config; errors name each offending key and where it came from."""
+    try:
+        return CompressConfig(**values)
+    except ValidationError as exc:
+        raise UsageError(f"Invalid settings in {origin}: " + "; ".join(_describe(e) for e in exc.errors()),
+                         hint="Fix or remove the named keys (run `edgeopt compress --help` for the options).") from None
+
+
+def _describe(error: dict) -> str:
+    where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"unknown key '{where}'"
+    return f"'{where}': {error['msg']}"
+
+
+def to_yaml(config: CompressConfig) -> str:
+    import yaml
+
+    data = config.model_dump(mode="json", exclude_none=False)
+    header = "# edgeopt recipe: re-run with `edgeopt run recipe.yaml`\n"
+    return header + yaml.safe_dump(data, sort_keys=False)
+
+
+def load(path: Path | str) -> CompressConfig:
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputRejected(f"The recipe '{path}' does not exist.") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"The recipe '{path}' is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"The recipe '{path}' must be a mapping of settings; got {type(data).__name__}.")
+    return build(f"recipe '{path}'", **data)

@@ -1,0 +1,164 @@
+"""report.json is a contract other tools read; report.md is the same facts for people.
+
+Stable keys: schema_version, source{path, format, sha256}, reference{size_bytes, latency_ms,
+accuracy}, artifacts[{target, path, precision, size_bytes, latency_ms{p50, p90, mean, runs,
+warmup, threads}, fidelity{top1_agreement, cosine, max_abs_err, sqnr_db}, accuracy{top1}}],
+calibration{samples, seed, sha256}, versions{...}. New keys may be added; these stay.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from edgeopt import __version__
+from edgeopt.deps import installed_versions
+
+SCHEMA_VERSION = 1
+
+
+def build_report(*, command: str, config, source, source_sha256: str, calibration: dict | None,
+                 validation: dict | None, artifacts: list[dict], notes: list[str],
+                 wall_seconds: float) -> dict[str, Any]:
+    first = artifacts[0] if artifacts else {}
+    reference = {
+        "description": f"the source model for accuracy; its fp32 {first.get('target', '')} form for size and latency",
+        "size_bytes": first.get("baseline_size_bytes"),
+        "latency_ms": first.get("baseline_latency_ms"),
+        "accuracy": first.get("reference_accuracy"),
+        "conversion_fidelity": first.get("baseline_fidelity"),
+        "source_size_bytes": _size(source.handle.path),
+    }
+    for a in artifacts:
+        if a.get("baseline_size_bytes"):
+            a["size_ratio"] = round(a["size_bytes"] / a["baseline_size_bytes"], 4)
+    return _finite({
+        "schema_version": SCHEMA_VERSION,
+        "command": command,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": {
+            "path": str(source.handle.path), "format": source.handle.format.value, "sha256": source_sha256,
+            "inputs": [t.describe() for t in source.handle.inputs],
+            "outputs": [t.describe() for t in source.handle.outputs],
+            **{k: v for k, v in source.handle.metadata.items() if isinstance(v, (int, float, str))},
+        },
+        "reference": reference,
+        "artifacts": artifacts,
+        "calibration": calibration,
+        "validation": validation,
+        "settings": config.model_dump(mode="json"),
+        "versions": {"edgeopt": __version__, "python": platform.python_version(), **installed_versions()},
+        "machine": {"system": platform.system(), "machine": platform.machine(), "processor": _cpu_name()},
+        "notes": notes,
+        "wall_seconds": round(wall_seconds, 2),
+    })
+
+
+def write_json(path: Path, report: dict[str, Any]) -> None:
+    path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN/Infinity: an exact match (SQNR of infinity) is written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _size(path: Path) -> int:
+    path = Path(path)
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def fmt_num(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def summary_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """One row per model variant; shared by the terminal table and report.md."""
+    header = ["model", "precision", "size", "x fp32 size", "p50 ms", "p90 ms", "speedup",
+              "top1", "top1 agree", "cosine", "SQNR dB"]
+    rows = []
+    ref = report["reference"]
+    for a in report["artifacts"]:
+        base_lat = a.get("baseline_latency_ms") or {}
+        rows.append([f"{a['target']} fp32 (baseline)", "fp32", fmt_bytes(a.get("baseline_size_bytes")), "1.00",
+                     fmt_num(base_lat.get("p50")), fmt_num(base_lat.get("p90")), "1.00",
+                     fmt_num((a.get("reference_accuracy") or ref.get("accuracy") or {}).get("top1")),
+                     fmt_num((a.get("baseline_fidelity") or {}).get("top1_agreement")),
+                     fmt_num((a.get("baseline_fidelity") or {}).get("cosine"), 4),
+                     fmt_num((a.get("baseline_fidelity") or {}).get("sqnr_db"), 1)])
+        lat = a.get("latency_ms") or {}
+        fidelity = a.get("fidelity") or {}
+        rows.append([Path(a["path"]).name, a["precision"], fmt_bytes(a["size_bytes"]),
+                     fmt_num(a.get("size_ratio"), 2), fmt_num(lat.get("p50")), fmt_num(lat.get("p90")),
+                     fmt_num(a.get("speedup"), 2), fmt_num((a.get("accuracy") or {}).get("top1")),
+                     fmt_num(fidelity.get("top1_agreement")), fmt_num(fidelity.get("cosine"), 4),
+                     fmt_num(fidelity.get("sqnr_db"), 1)])
+    return header, rows
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    src = report["source"]
+    lines = [f"# edgeopt {report['command']} report", "",
+             f"- Source: `{src['path']}` ({src['format']}, sha256 `{src['sha256'][:16]}…`)",
+             f"- Inputs: {', '.join(f'`{i}`' for i in src['inputs'])}"]
+    if report.get("calibration"):
+        c = report["calibration"]
+        lines.append(f"- Calibration: `{c['path']}`, {c['samples']} samples, seed {c['seed']}")
+    if report.get("validation"):
+        v = report["validation"]
+        held = " (held out from the calibration data)" if v.get("held_out_from_calibration") else ""
+        lines.append(f"- Validation: `{v['path']}`{held}, {v['samples']} samples")
+    lines.append("")
+    header, rows = summary_rows(report)
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" * len(header))
+    lines.extend("| " + " | ".join(r) + " |" for r in rows)
+    for a in report["artifacts"]:
+        ops = a.get("ops") or {}
+        if ops:
+            lines += ["", f"## `{Path(a['path']).name}`", "",
+                      f"- Input dtypes: {a.get('io_dtypes')}; layout: {a.get('input_layout')}",
+                      f"- Full integer: {'yes' if ops.get('full_integer') else 'no'}"
+                      + (f" (float ops: {', '.join(ops['float_ops'])})" if ops.get("float_ops") else ""),
+                      "- Ops: " + ", ".join(f"{k} x{v}" for k, v in ops.get("counts", {}).items())]
+        lat = a.get("latency_ms")
+        if lat:
+            lines.append(f"- Latency: {lat['runs']} runs after {lat['warmup']} warm-up, {lat['threads']} threads, "
+                         f"interleaved with the fp32 baseline" + (" — UNSTABLE, re-run on a quiet machine"
+                                                                    if lat.get("unstable") else ""))
+    if report.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
+    versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items())
+    lines += ["", f"Versions: {versions}.", f"Machine: {report['machine']['processor']}.",
+              f"Wall time: {report['wall_seconds']} s.", ""]
+    return "\n".join(lines)

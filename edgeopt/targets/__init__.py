@@ -1,0 +1,1 @@
+"""Runtimes that execute artifacts: ``open_session(path, threads) -> Session``."""

@@ -1,0 +1,1 @@
+"""Measurements of artifacts: latency, fidelity against the source, accuracy."""

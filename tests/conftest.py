@@ -1,0 +1,239 @@
+"""Shared fixtures: tiny, deterministic Keras 3 models built in code.
+
+Keras is imported only inside the builders and fixtures so that collecting or
+running tests that never touch a model does not pay TensorFlow's import cost,
+and so those tests still run where TensorFlow is not installed.
+
+Builders are plain ``build_<name>()`` functions returning an uncompiled
+``keras.Model``; ``MODEL_BUILDERS`` maps each ``<name>`` to its builder. The
+names are relied upon by other tests, so treat them as stable.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Callable, Dict
+
+import numpy as np
+import pytest
+
+# Must be set before TensorFlow is first imported to have any effect.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+SEED = 0
+SUPPORTED_SUFFIXES = (".h5", ".keras")
+
+
+def _keras():
+    keras = pytest.importorskip("keras")
+    keras.utils.set_random_seed(SEED)
+    return keras
+
+
+def _randomize_batchnorm(model, seed: int = SEED):
+    """Give every BatchNormalization layer non-trivial statistics.
+
+    Fresh BN layers have mean 0, variance 1, gamma 1, beta 0, i.e. they are
+    the identity at inference, so a converter that dropped or mis-folded them
+    would go unnoticed. Random but deterministic values make that visible.
+    """
+    import keras
+
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.BatchNormalization):
+            continue
+        values = []
+        for weight in layer.weights:
+            shape = tuple(weight.shape)
+            if weight.path.endswith("moving_variance"):
+                values.append(rng.uniform(0.5, 2.0, shape))
+            elif weight.path.endswith("gamma"):
+                values.append(rng.uniform(0.5, 1.5, shape))
+            else:  # beta, moving_mean
+                values.append(rng.uniform(-0.5, 0.5, shape))
+        layer.set_weights([v.astype(np.float32) for v in values])
+    return model
+
+
+# Every layer gets an explicit name: Keras' auto-generated names depend on how
+# many layers were created earlier in the process, which would make saved
+# files and layer lookups differ with test order.
+
+
+def build_conv():
+    keras = _keras()
+    layers = keras.layers
+    inputs = keras.Input(shape=(16, 16, 3), name="image")
+    x = layers.Conv2D(8, 3, padding="same", name="conv")(inputs)
+    x = layers.ReLU(name="relu")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = layers.Dense(4, activation="softmax", name="probs")(x)
+    return keras.Model(inputs, outputs, name="conv")
+
+
+def build_depthwise():
+    keras = _keras()
+    layers = keras.layers
+    inputs = keras.Input(shape=(16, 16, 3), name="image")
+    x = layers.Conv2D(8, 3, strides=2, padding="same", name="conv")(inputs)
+    x = layers.DepthwiseConv2D(3, padding="same", name="dw_conv")(x)
+    x = layers.BatchNormalization(name="dw_bn")(x)
+    x = layers.ReLU(max_value=6.0, name="relu6")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = layers.Dense(5, activation="softmax", name="probs")(x)
+    return _randomize_batchnorm(keras.Model(inputs, outputs, name="depthwise"))
+
+
+def build_dense():
+    keras = _keras()
+    layers = keras.layers
+    inputs = keras.Input(shape=(20,), name="features")
+    x = layers.Dense(16, activation="relu", name="hidden")(inputs)
+    outputs = layers.Dense(3, activation="softmax", name="probs")(x)
+    return keras.Model(inputs, outputs, name="dense")
+
+
+def build_batchnorm():
+    keras = _keras()
+    layers = keras.layers
+    inputs = keras.Input(shape=(8, 8, 1), name="image")
+    x = layers.Conv2D(4, 3, padding="same", use_bias=False, name="conv")(inputs)
+    x = layers.BatchNormalization(name="bn")(x)
+    x = layers.ReLU(name="relu")(x)
+    x = layers.Flatten(name="flatten")(x)
+    outputs = layers.Dense(5, activation="softmax", name="probs")(x)
+    return _randomize_batchnorm(keras.Model(inputs, outputs, name="batchnorm"))
+
+
+def build_residual():
+    keras = _keras()
+    layers = keras.layers
+    inputs = keras.Input(shape=(16, 16, 3), name="image")
+    x = layers.Conv2D(8, 3, padding="same", activation="relu", name="conv1")(inputs)
+    y = layers.Conv2D(8, 3, padding="same", name="conv2")(x)
+    x = layers.Add(name="skip_add")([x, y])
+    x = layers.ReLU(name="relu")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = layers.Dense(5, activation="softmax", name="probs")(x)
+    return keras.Model(inputs, outputs, name="residual")
+
+
+def build_concat():
+    keras = _keras()
+    layers = keras.layers
+    inputs = keras.Input(shape=(16, 16, 3), name="image")
+    a = layers.Conv2D(4, 1, activation="relu", name="branch_a")(inputs)
+    b = layers.Conv2D(6, 3, padding="same", activation="relu", name="branch_b")(inputs)
+    x = layers.Concatenate(axis=-1, name="concat")([a, b])
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = layers.Dense(5, activation="softmax", name="probs")(x)
+    return keras.Model(inputs, outputs, name="concat")
+
+
+def build_pooling():
+    keras = _keras()
+    layers = keras.layers
+    inputs = keras.Input(shape=(16, 16, 3), name="image")
+    x = layers.Conv2D(8, 3, padding="same", activation="relu", name="conv")(inputs)
+    x = layers.MaxPooling2D(2, name="max_pool")(x)
+    x = layers.AveragePooling2D(2, name="avg_pool")(x)
+    x = layers.Flatten(name="flatten")(x)
+    outputs = layers.Dense(5, activation="softmax", name="probs")(x)
+    return keras.Model(inputs, outputs, name="pooling")
+
+
+def build_two_input():
+    keras = _keras()
+    layers = keras.layers
+    image = keras.Input(shape=(8, 8, 1), name="image")
+    meta = keras.Input(shape=(4,), name="meta")
+    x = layers.Conv2D(4, 3, padding="same", activation="relu", name="conv")(image)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    m = layers.Dense(4, activation="relu", name="meta_dense")(meta)
+    x = layers.Concatenate(name="merge")([x, m])
+    outputs = layers.Dense(3, activation="softmax", name="probs")(x)
+    return keras.Model([image, meta], outputs, name="two_input")
+
+
+def build_lambda_layer():
+    # Loading this model needs safe_mode=False (the Lambda is stored as
+    # bytecode); saving needs nothing special.
+    keras = _keras()
+    layers = keras.layers
+    inputs = keras.Input(shape=(8, 8, 1), name="image")
+    x = layers.Conv2D(4, 3, padding="same", activation="relu", name="conv")(inputs)
+    x = layers.Lambda(lambda t: t * 2.0, name="double_it")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = layers.Dense(3, activation="softmax", name="probs")(x)
+    return keras.Model(inputs, outputs, name="lambda_layer")
+
+
+MODEL_BUILDERS: Dict[str, Callable] = {
+    "conv": build_conv,
+    "depthwise": build_depthwise,
+    "dense": build_dense,
+    "batchnorm": build_batchnorm,
+    "residual": build_residual,
+    "concat": build_concat,
+    "pooling": build_pooling,
+    "two_input": build_two_input,
+    "lambda_layer": build_lambda_layer,
+}
+
+
+def build_model(name: str):
+    try:
+        builder = MODEL_BUILDERS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown fixture model {name!r}; known: {sorted(MODEL_BUILDERS)}"
+        ) from None
+    return builder()
+
+
+def random_inputs(model, n: int, seed: int = 0) -> Dict[str, np.ndarray]:
+    """Float32 arrays in [0, 1) for every model input, keyed by input name."""
+    rng = np.random.default_rng(seed)
+    batch = {}
+    for tensor in model.inputs:
+        shape = (n,) + tuple(int(d) for d in tensor.shape[1:])
+        batch[tensor.name] = rng.random(shape, dtype=np.float32)
+    return batch
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.fixture(name="random_inputs")
+def _random_inputs_fixture():
+    return random_inputs
+
+
+@pytest.fixture
+def keras_builders():
+    return dict(MODEL_BUILDERS)
+
+
+@pytest.fixture
+def keras_model_file(tmp_path) -> Callable[..., pathlib.Path]:
+    """Factory: ``(name, suffix=".h5") -> path`` of the saved fixture model.
+
+    ``.h5`` writes legacy HDF5, ``.keras`` the Keras 3 zip format. The file is
+    ``tmp_path / f"{name}{suffix}"``.
+    """
+
+    def save(name: str, suffix: str = ".h5") -> pathlib.Path:
+        if suffix not in SUPPORTED_SUFFIXES:
+            raise ValueError(
+                f"suffix must be one of {SUPPORTED_SUFFIXES}, got {suffix!r}"
+            )
+        model = build_model(name)
+        path = tmp_path / f"{name}{suffix}"
+        model.save(path)
+        return path
+
+    return save
