@@ -1,0 +1,36 @@
+# Everything a machine needs is installed from here; nothing is installed by hand.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+EXAMPLE_ARGS := examples/digits/digits_cnn.h5 --target tflite \
+	--calib calibration_data/digits/calib.npz --val calibration_data/digits/val.npz
+
+.PHONY: example test bench clean
+
+$(PY):
+	python3 -m venv $(VENV)
+
+# The example needs only the TensorFlow extra.
+$(VENV)/.installed-tf: pyproject.toml | $(PY)
+	$(PIP) install -e ".[tf]"
+	touch $@
+
+# torch goes first, pinned, so that no later requirement pulls a CUDA build of it.
+$(VENV)/.installed-all: pyproject.toml | $(PY)
+	$(PIP) install "torch==2.13.0"
+	$(PIP) install -e ".[all,test]"
+	touch $@ $(VENV)/.installed-tf
+
+example: $(VENV)/.installed-tf
+	$(VENV)/bin/edgeopt compress $(EXAMPLE_ARGS) -o edgeopt_out/digits_cnn
+
+test: $(VENV)/.installed-all
+	bash scripts/system-packages.sh
+	$(PY) -m pytest -q -p no:cacheprovider tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+bench: $(VENV)/.installed-all
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) edgeopt_out
