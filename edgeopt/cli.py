@@ -40,11 +40,23 @@ def _size(ctx, param, value: str | None):
     return dims
 
 
+def _prune_spec(ctx, param, value: str | None):
+    if value is None:
+        return None
+    method, _, ratio = value.partition(":")
+    try:
+        return {"method": method, "ratio": float(ratio)}
+    except ValueError:
+        raise click.BadParameter(f"expected METHOD:RATIO such as channels:0.5, got '{value}'") from None
+
+
 def handle_errors(fn):
     """Turn edgeopt's exceptions into a message and a stable exit code; --debug shows tracebacks."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from rich.markup import escape
+
         from edgeopt.console import err
 
         debug = bool(os.environ.get("EDGEOPT_DEBUG"))
@@ -53,9 +65,10 @@ def handle_errors(fn):
         except EdgeoptError as exc:
             if debug:
                 err.print_exception()
-            err.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+            # Messages quote paths and tensor names such as 'calib.npz[image]': text, not markup.
+            err.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
             if exc.hint:
-                err.print(f"[yellow]hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
+                err.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False, soft_wrap=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             err.print("[bold red]interrupted[/]: partial outputs were removed; earlier outputs are untouched.")
@@ -63,8 +76,8 @@ def handle_errors(fn):
         except Exception as exc:  # a bug or a backend failure nobody anticipated
             if debug:
                 err.print_exception()
-            err.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {exc}", highlight=False,
-                      soft_wrap=True)
+            err.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {escape(str(exc))}",
+                      highlight=False, soft_wrap=True)
             err.print("[yellow]hint:[/] run again with --debug for the traceback, and report it.")
             sys.exit(4)
 
@@ -97,6 +110,12 @@ def main(debug: bool) -> None:
 @click.option("--color", type=click.Choice(["rgb", "gray"]), help="Image folder colour mode (default: from channels).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output folder [default: edgeopt_out/<model-stem>/].")
 @click.option("--trust-model", is_flag=True, help="Allow models that carry code (Lambda layers, SavedModel graphs).")
+@click.option("--prune", "prune_spec", callback=_prune_spec, metavar="METHOD:RATIO",
+              help="channels:0.5 removes half the channels; magnitude:0.8 zeroes 80% of the weights.")
+@click.option("--distill", is_flag=True, help="Fine-tune the pruned model with the source model as teacher.")
+@click.option("--distill-data", type=click.Path(path_type=Path),
+              help="Data to distill on (labels optional) [default: the calibration data].")
+@click.option("--distill-epochs", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--no-validate", is_flag=True, help="Skip fidelity, accuracy and latency measurement.")
 @click.option("--runs", type=click.IntRange(min=1), default=100, show_default=True, help="Timed latency runs.")
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed warm-up runs.")
@@ -104,7 +123,7 @@ def main(debug: bool) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @handle_errors
 def compress(model, target, calib, val, precision, int8_io, calib_samples, seed, image_size, mean, std, layout,
-             color, output, trust_model, no_validate, runs, warmup, threads, quiet):
+             color, output, trust_model, prune_spec, distill, distill_data, distill_epochs, no_validate, runs, warmup, threads, quiet):
     """Compress MODEL for an edge target and validate the artifact against it.
 
     \b
@@ -121,7 +140,9 @@ def compress(model, target, calib, val, precision, int8_io, calib_samples, seed,
     config = recipe.build(
         "the command line", model=model, targets=target, precision=precision, int8_io=int8_io,
         trust_model=trust_model, output=output, calibration=calibration,
-        validation={"enabled": not no_validate, "data": val, "runs": runs, "warmup": warmup, "threads": threads})
+        validation={"enabled": not no_validate, "data": val, "runs": runs, "warmup": warmup, "threads": threads},
+        prune=prune_spec,
+        distill={"data": distill_data, "epochs": distill_epochs} if distill or distill_data else None)
     _run_and_show(config, quiet)
 
 
@@ -137,6 +158,8 @@ def run(recipe_file, quiet):
 
 
 def _run_and_show(config, quiet: bool) -> None:
+    from rich.markup import escape
+
     from edgeopt.console import err, out, steps, table
     from edgeopt.pipeline import compress as run_compress
     from edgeopt.report import summary_rows
@@ -144,16 +167,18 @@ def _run_and_show(config, quiet: bool) -> None:
     with steps(quiet) as progress:
         result = run_compress(config, progress)
     header, rows = summary_rows(result.report)
-    out.print(table(f"edgeopt: {config.model}", header, rows, transpose=True))
+    out.print(table(escape(f"edgeopt: {config.model}"), header, [[escape(c) for c in r] for r in rows],
+                    transpose=True))
     for a in result.report["artifacts"]:
         ops = a.get("ops") or {}
         if ops and a["precision"] == "int8":
             verdict = "[green]full integer[/]" if ops.get("full_integer") else \
                 f"[yellow]ops left in float: {', '.join(ops['float_ops'])}[/]"
-            out.print(f"{Path(a['path']).name}: {verdict}")
+            out.print(f"{escape(Path(a['path']).name)}: {verdict}")
     for note in result.report["notes"]:
-        err.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
-    out.print(f"Outputs in [bold]{result.output_dir}[/]: " + ", ".join(sorted(result.files)))
+        err.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
+    names = ", ".join(sorted(result.files))
+    out.print(f"Outputs in [bold]{escape(str(result.output_dir))}[/]: {escape(names)}")
 
 
 @main.command()

@@ -17,6 +17,7 @@ from edgeopt.errors import InputRejected, UsageError
 from edgeopt.formats import SOURCE_FORMATS, detect_format, suffix_mismatch
 from edgeopt.frameworks.base import LoadedModel
 from edgeopt.outputs import OutputStage, check_output_dir
+from edgeopt.passes.base import PassContext
 from edgeopt.report import build_report, render_markdown, write_json
 from edgeopt.validate import fidelity as fid
 from edgeopt.validate.latency import measure_interleaved
@@ -53,7 +54,7 @@ def load_source(path: Path, *, trust: bool) -> tuple[LoadedModel, list[str]]:
     if fmt not in SOURCE_FORMATS:
         raise InputRejected(
             f"'{path}' is a {fmt.value} artifact, not a source model edgeopt can compress.",
-            hint="Pass the original Keras (.h5/.keras/SavedModel) model; to measure an artifact use `edgeopt validate`.")
+            hint="Pass the original model the artifact was made from, e.g. its Keras .h5/.keras file.")
     loader = registry.resolve("loader", fmt.value)
     return loader(path, fmt, trust=trust), notes
 
@@ -93,20 +94,29 @@ def compress(config: recipe.CompressConfig, progress: Progress | None = None) ->
         notes.append("No calibration data: the int8 model uses dynamic-range quantization "
                      "(int8 weights, float activations). Pass --calib for full-integer int8.")
 
+    model, stage_info = run_passes(config, source, calib, images, notes, say)
+
     with OutputStage(out_dir) as stage:
         artifacts = []
+        stem = config.model.stem if config.model.is_file() else config.model.name
         for target in config.targets:
             say(f"Converting to {target}")
             exporter = registry.resolve("exporter", f"{source.handle.framework}->{target}")
-            stem = config.model.stem if config.model.is_file() else config.model.name
-            baseline = exporter(source, stage.dir / f".{stem}_baseline_fp32.{target}", precision="fp32")
+            # The baseline is the untouched source in fp32: speed-ups count every step.
+            variants = {"fp32": exporter(source, stage.dir / f".{stem}_baseline_fp32.{target}", precision="fp32")}
+            for i, (stage_name, stage_model, _info) in enumerate(stage_info[1:], start=1):
+                variants[stage_name] = exporter(stage_model, stage.dir / f".{stem}_stage{i}_fp32.{target}",
+                                                precision="fp32")
             name = f"{stem}_{config.precision}.{target}"
             say(f"Quantizing to {config.precision}" if config.precision != "fp32" else "Writing fp32 artifact")
-            result = exporter(source, stage.path(name), precision=config.precision, calib=calib,
+            result = exporter(model, stage.path(name), precision=config.precision, calib=calib,
                               int8_io=config.int8_io)
             notes.extend(result.notes)
-            artifacts.append(_measure(target, source, baseline, result, val, config, say))
-            baseline.path.unlink(missing_ok=True)
+            variants["artifact"] = result
+            artifacts.append(_measure(target, source, variants, val, config, say))
+            for key, exported in variants.items():
+                if key != "artifact":
+                    exported.path.unlink(missing_ok=True)
 
         report = build_report(
             command="compress", config=config, source=source, source_sha256=sha256_of(config.model),
@@ -114,6 +124,8 @@ def compress(config: recipe.CompressConfig, progress: Progress | None = None) ->
             validation=_data_entry(config.validation.data or config.calibration.data, val, config.calibration.seed,
                                    held_out=config.validation.data is None and val is holdout),
             artifacts=artifacts, notes=notes, wall_seconds=time.perf_counter() - started)
+        if len(stage_info) > 1:
+            report["stages"] = _stage_table(stage_info, artifacts[0])
         say("Writing outputs")
         for a in report["artifacts"]:
             a["path"] = str(out_dir / Path(a["path"]).name)
@@ -122,6 +134,55 @@ def compress(config: recipe.CompressConfig, progress: Progress | None = None) ->
         stage.path("recipe.yaml").write_text(recipe.to_yaml(config), encoding="utf-8")
         files = stage.commit()
     return Result(report=report, output_dir=out_dir, files=files)
+
+
+def run_passes(config: recipe.CompressConfig, source: LoadedModel, calib: cal.Subset | None,
+               images: cal.ImageOptions, notes: list[str], say: Progress) -> tuple[LoadedModel, list[tuple]]:
+    """Prune, then distill, in the model's own framework. Returns the final model and, per stage,
+    (name, model, info) starting with the original."""
+    stages: list[tuple[str, LoadedModel, dict]] = [("original", source, {})]
+    if config.prune is None and config.distill is None:
+        return source, stages
+    framework = source.handle.framework
+    train = held = labels = None
+    if config.distill is not None:
+        data_path = config.distill.data or config.calibration.data
+        if data_path is None:
+            raise UsageError("Distillation needs data to learn from, and none was given.",
+                             hint="Pass --distill-data PATH (labels optional) or --calib PATH.")
+        data = cal.open_data(data_path, source.handle.inputs, images, role="distillation")
+        fit, early = cal.select(data, samples=data.count, seed=config.calibration.seed,
+                                holdout=max(1, data.count // 8))
+        fit.check_finite()
+        train, held, labels = fit.stacked(), early.stacked(), fit.labels()
+    ctx = PassContext(original=source, train=train, held=held, labels=labels, seed=config.calibration.seed,
+                      fine_tune_follows=config.distill is not None, progress=say, notes=notes)
+    model = source
+    if config.prune is not None:
+        say(f"Pruning ({config.prune.method}, ratio {config.prune.ratio})")
+        step = registry.resolve("pass", f"prune:{framework}")(model, config.prune, ctx)
+        model = step.model
+        stages.append((f"pruned ({config.prune.method} {config.prune.ratio:g})", model, step.info))
+    if config.distill is not None:
+        say("Distilling")
+        step = registry.resolve("pass", f"distill:{framework}")(model, config.distill, ctx)
+        model = step.model
+        stages.append(("distilled", model, step.info))
+    return model, stages
+
+
+def _stage_table(stage_info: list[tuple], first_artifact: dict) -> list[dict]:
+    """Each stage's effect: params, MACs, fp32 size and latency, fidelity and accuracy."""
+    variants = first_artifact.get("variants", {})
+    rows = []
+    for i, (name, model, info) in enumerate(stage_info):
+        key = "fp32" if i == 0 else name
+        measured = variants.get(key, {})
+        rows.append({"stage": name, "params": model.handle.metadata.get("params"),
+                     "macs": model.handle.metadata.get("macs"), **measured, "details": info})
+    final = {k: first_artifact.get(k) for k in ("size_bytes", "latency_ms", "fidelity", "accuracy")}
+    rows.append({"stage": f"quantized ({first_artifact['precision']})", **final})
+    return rows
 
 
 def _data_entry(path, subset: cal.Subset | None, seed: int, held_out: bool = False) -> dict | None:
@@ -134,41 +195,61 @@ def _data_entry(path, subset: cal.Subset | None, seed: int, held_out: bool = Fal
     return entry
 
 
-def _measure(target, source: LoadedModel, baseline, result, val: cal.Subset | None,
+def _measure(target, source: LoadedModel, variants: dict, val: cal.Subset | None,
              config: recipe.CompressConfig, say: Progress) -> dict[str, Any]:
+    """Measure every variant (fp32 baseline, intermediate stages, the artifact) side by side."""
     open_session = registry.resolve("runtime", target)
     names = source.handle.input_names
     threads = config.validation.threads
-    sessions = {"fp32": open_session(baseline.path, threads=threads, input_names=names),
-                "artifact": open_session(result.path, threads=threads, input_names=names)}
+    sessions = {k: open_session(v.path, threads=threads, input_names=names) for k, v in variants.items()}
+    result, baseline = variants["artifact"], variants["fp32"]
     entry: dict[str, Any] = {
         "target": target, "path": str(result.path), "precision": result.precision,
-        "size_bytes": result.path.stat().st_size, "baseline_size_bytes": baseline.path.stat().st_size,
+        "size_bytes": result.path.stat().st_size, "gzip_size_bytes": gzip_size(result.path),
+        "baseline_size_bytes": baseline.path.stat().st_size,
         "io_dtypes": {t.name: t.dtype for t in sessions["artifact"].inputs},
         "input_layout": {t.name: t.layout for t in sessions["artifact"].inputs},
         "ops": op_summary(sessions["artifact"]), "float_fallback": result.float_fallback,
     }
+    extra = [k for k in variants if k not in ("fp32", "artifact")]
+    measured: dict[str, dict[str, Any]] = {k: {"fp32_size_bytes": variants[k].path.stat().st_size}
+                                           for k in ("fp32", *extra)}
     if not config.validation.enabled:
         return entry
     if val is not None:
         say(f"Validating on {len(val)} samples")
         ref_out, outs, labels = evaluate(source, sessions, val)
-        entry["baseline_fidelity"] = fid.fidelity(ref_out, outs["fp32"])
-        entry["fidelity"] = fid.fidelity(ref_out, outs["artifact"])
+        fidelities = {k: fid.fidelity(ref_out, o) for k, o in outs.items()}
+        entry["baseline_fidelity"], entry["fidelity"] = fidelities["fp32"], fidelities["artifact"]
+        for k in measured:
+            measured[k]["fidelity"] = fidelities[k]
         if labels is not None and fid.is_classifier(ref_out[0]):
             entry["reference_accuracy"] = fid.accuracy(ref_out[0], labels)
             entry["accuracy"] = fid.accuracy(outs["artifact"][0], labels)
+            for k in measured:
+                measured[k]["accuracy"] = fid.accuracy(outs[k][0], labels)
         feed = next(iter(val))
     else:
         feed = {t.name: np.random.default_rng(0).random((1, *t.shape[1:]), dtype=np.float32)
                 for t in sessions["artifact"].inputs}
         entry["notes"] = ["No validation data: fidelity and accuracy not measured; latency on random inputs."]
-    say("Measuring latency (fp32 and artifact, interleaved)")
+    say(f"Measuring latency ({', '.join(sessions)}, interleaved)")
     stats = measure_interleaved(sessions, feed, runs=config.validation.runs, warmup=config.validation.warmup)
     entry["baseline_latency_ms"] = stats["fp32"].to_dict()
     entry["latency_ms"] = stats["artifact"].to_dict()
     entry["speedup"] = round(stats["fp32"].p50 / stats["artifact"].p50, 3)
+    for k in measured:
+        measured[k]["latency_ms"] = stats[k].to_dict()
+    if extra:
+        entry["variants"] = measured
     return entry
+
+
+def gzip_size(path: Path) -> int:
+    """Compressed size: what sparsity buys on the wire, since dense formats store zeros as-is."""
+    import gzip
+
+    return len(gzip.compress(path.read_bytes(), compresslevel=9, mtime=0))
 
 
 def evaluate(source: LoadedModel, sessions: dict, subset: cal.Subset, chunk: int = 32):
@@ -208,9 +289,3 @@ def op_summary(session) -> dict[str, Any]:
             float_ops.append(op["op"])
     return {"counts": dict(sorted(counts.items())), "float_ops": sorted(set(float_ops)),
             "full_integer": not float_ops}
-
-
-def validate_choice(value: str, choices: tuple[str, ...], flag: str) -> str:
-    if value not in choices:
-        raise UsageError(f"{flag} must be one of {', '.join(choices)}; got '{value}'.")
-    return value

@@ -46,6 +46,38 @@ class ValidationConfig(_Strict):
     threads: int | None = Field(None, ge=1)
 
 
+class PruneConfig(_Strict):
+    """Channel pruning removes whole filters/units; magnitude pruning zeroes single weights."""
+
+    method: Literal["channels", "magnitude"]
+    ratio: float = Field(gt=0.0, lt=1.0)
+    layers: dict[str, float] = {}  # layer-name regex -> its own ratio; last match wins
+    exclude: tuple[str, ...] = ()  # layer-name regexes left whole
+    exclude_first_last: bool = True  # the first conv and the classifier are the most sensitive
+    scope: Literal["global", "layer"] = "global"  # magnitude: one threshold, or one per layer
+    criterion: Literal["l1", "l2"] = "l2"  # channels: filter importance
+
+    @field_validator("layers")
+    @classmethod
+    def _ratios_in_range(cls, v: dict[str, float]) -> dict[str, float]:
+        for pattern, ratio in v.items():
+            if not 0.0 < ratio < 1.0:
+                raise ValueError(f"ratio for '{pattern}' must be strictly between 0 and 1, got {ratio}")
+        return v
+
+
+class DistillConfig(_Strict):
+    """The source model teaches the pruned one. Data: ``data``, else the calibration data."""
+
+    data: Path | None = None
+    epochs: int = Field(30, ge=1)
+    temperature: float = Field(4.0, gt=0.0)
+    alpha: float = Field(0.7, ge=0.0, le=1.0)
+    learning_rate: float = Field(1e-3, gt=0.0)
+    batch_size: int = Field(32, ge=1)
+    patience: int = Field(5, ge=1)
+
+
 class CompressConfig(_Strict):
     version: int = RECIPE_VERSION
     model: Path
@@ -55,6 +87,8 @@ class CompressConfig(_Strict):
     trust_model: bool = False
     calibration: CalibrationConfig = CalibrationConfig()
     validation: ValidationConfig = ValidationConfig()
+    prune: PruneConfig | None = None
+    distill: DistillConfig | None = None
     output: Path | None = None
 
     @field_validator("targets", mode="before")

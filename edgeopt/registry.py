@@ -19,6 +19,9 @@ ENTRIES: dict[tuple[str, str], str] = {
     ("exporter", "keras->tflite"): "edgeopt.exporters.tflite:export_keras",
     # runtimes, by artifact format
     ("runtime", "tflite"): "edgeopt.targets.litert:open_session",
+    # passes, by "<step>:<source framework>"
+    ("pass", "prune:keras"): "edgeopt.passes.prune.keras:run",
+    ("pass", "distill:keras"): "edgeopt.passes.distill.keras:run",
 }
 
 
@@ -29,6 +32,8 @@ REQUIRES: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {
     ("loader", "saved_model"): (("tensorflow", "tensorflow-cpu"),),
     ("exporter", "keras->tflite"): (("tensorflow", "tensorflow-cpu"),),
     ("runtime", "tflite"): (("ai_edge_litert", "ai-edge-litert"),),
+    ("pass", "prune:keras"): (("keras", "keras"),),
+    ("pass", "distill:keras"): (("tensorflow", "tensorflow-cpu"),),
 }
 
 

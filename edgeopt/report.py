@@ -103,26 +103,52 @@ def fmt_num(x: float | None, digits: int = 3) -> str:
 
 
 def summary_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """One row per model variant; shared by the terminal table and report.md."""
+    """One row per model variant (fp32 baseline, each pipeline stage, the artifact); shared by the
+    terminal table and report.md."""
     header = ["model", "precision", "size", "x fp32 size", "p50 ms", "p90 ms", "speedup",
               "top1", "top1 agree", "cosine", "SQNR dB"]
     rows = []
     ref = report["reference"]
     for a in report["artifacts"]:
-        base_lat = a.get("baseline_latency_ms") or {}
-        rows.append([f"{a['target']} fp32 (baseline)", "fp32", fmt_bytes(a.get("baseline_size_bytes")), "1.00",
-                     fmt_num(base_lat.get("p50")), fmt_num(base_lat.get("p90")), "1.00",
-                     fmt_num((a.get("reference_accuracy") or ref.get("accuracy") or {}).get("top1")),
-                     fmt_num((a.get("baseline_fidelity") or {}).get("top1_agreement")),
-                     fmt_num((a.get("baseline_fidelity") or {}).get("cosine"), 4),
-                     fmt_num((a.get("baseline_fidelity") or {}).get("sqnr_db"), 1)])
-        lat = a.get("latency_ms") or {}
-        fidelity = a.get("fidelity") or {}
-        rows.append([Path(a["path"]).name, a["precision"], fmt_bytes(a["size_bytes"]),
-                     fmt_num(a.get("size_ratio"), 2), fmt_num(lat.get("p50")), fmt_num(lat.get("p90")),
-                     fmt_num(a.get("speedup"), 2), fmt_num((a.get("accuracy") or {}).get("top1")),
-                     fmt_num(fidelity.get("top1_agreement")), fmt_num(fidelity.get("cosine"), 4),
-                     fmt_num(fidelity.get("sqnr_db"), 1)])
+        base_size = a.get("baseline_size_bytes")
+        base_p50 = (a.get("baseline_latency_ms") or {}).get("p50")
+
+        def row(label, precision, size, latency, accuracy, fidelity):
+            latency, fidelity = latency or {}, fidelity or {}
+            speed = base_p50 / latency["p50"] if base_p50 and latency.get("p50") else None
+            return [label, precision, fmt_bytes(size), fmt_num(size / base_size if size and base_size else None, 2),
+                    fmt_num(latency.get("p50")), fmt_num(latency.get("p90")), fmt_num(speed, 2),
+                    fmt_num((accuracy or {}).get("top1")), fmt_num(fidelity.get("top1_agreement")),
+                    fmt_num(fidelity.get("cosine"), 4), fmt_num(fidelity.get("sqnr_db"), 1)]
+
+        rows.append(row(f"{a['target']} fp32 (baseline)", "fp32", base_size, a.get("baseline_latency_ms"),
+                        a.get("reference_accuracy") or ref.get("accuracy"), a.get("baseline_fidelity")))
+        for name, v in (a.get("variants") or {}).items():
+            if name != "fp32":
+                rows.append(row(f"{a['target']} {name}", "fp32", v.get("fp32_size_bytes"), v.get("latency_ms"),
+                                v.get("accuracy"), v.get("fidelity")))
+        rows.append(row(Path(a["path"]).name, a["precision"], a["size_bytes"], a.get("latency_ms"),
+                        a.get("accuracy"), a.get("fidelity")))
+    return header, rows
+
+
+def stage_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """What each pipeline stage bought: parameters, MACs and gzip size alongside the rows above."""
+    header = ["stage", "params", "MACs", "details"]
+    rows = []
+    for st in report.get("stages") or []:
+        details = st.get("details") or {}
+        text = ""
+        if details.get("method") == "channels":
+            text = ", ".join(f"{d['layer']} {d['channels_before']}->{d['channels_after']}" for d in details["layers"])
+        elif "sparsity" in details:
+            text = ", ".join(f"{d['layer']} {d['sparsity']:.0%}" for d in details["sparsity"])
+        elif "epochs_run" in details:
+            last = details["history"][-1] if details.get("history") else {}
+            text = (f"{details['epochs_run']} epochs (best {details['best_epoch']}), held-out agreement "
+                    f"{last.get('held_out_agreement', float('nan')):.3f}")
+        rows.append([st["stage"], f"{st['params']:,}" if st.get("params") else "-",
+                     f"{st['macs']:,}" if st.get("macs") else "-", text])
     return header, rows
 
 
@@ -143,11 +169,16 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     lines.extend("| " + " | ".join(r) + " |" for r in rows)
+    if report.get("stages"):
+        header, rows = stage_rows(report)
+        lines += ["", "## Stages", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines.extend("| " + " | ".join(r) + " |" for r in rows)
     for a in report["artifacts"]:
         ops = a.get("ops") or {}
         if ops:
             lines += ["", f"## `{Path(a['path']).name}`", "",
                       f"- Input dtypes: {a.get('io_dtypes')}; layout: {a.get('input_layout')}",
+                      f"- Size: {a['size_bytes']:,} bytes ({a.get('gzip_size_bytes', 0):,} gzipped)",
                       f"- Full integer: {'yes' if ops.get('full_integer') else 'no'}"
                       + (f" (float ops: {', '.join(ops['float_ops'])})" if ops.get("float_ops") else ""),
                       "- Ops: " + ", ".join(f"{k} x{v}" for k, v in ops.get("counts", {}).items())]

@@ -237,3 +237,72 @@ def keras_model_file(tmp_path) -> Callable[..., pathlib.Path]:
         return path
 
     return save
+
+
+# --- Shared files for the edgeopt tests -------------------------------------
+# Saving a model and converting it cost seconds, so the files are written once
+# per session under pytest's temporary root and shared read-only.
+
+CALIB_SAMPLES = 40
+
+
+@pytest.fixture(scope="session")
+def saved_model(tmp_path_factory) -> Callable[..., pathlib.Path]:
+    """Factory: ``(name, suffix=".h5") -> path`` of a fixture model saved once per session."""
+    root = tmp_path_factory.mktemp("models")
+    cache: Dict[tuple, pathlib.Path] = {}
+
+    def get(name: str, suffix: str = ".h5") -> pathlib.Path:
+        if (name, suffix) not in cache:
+            if suffix not in SUPPORTED_SUFFIXES:
+                raise ValueError(f"suffix must be one of {SUPPORTED_SUFFIXES}, got {suffix!r}")
+            path = root / f"{name}{suffix}"
+            build_model(name).save(path)
+            cache[(name, suffix)] = path
+        return cache[(name, suffix)]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def calib_file(tmp_path_factory) -> Callable[..., pathlib.Path]:
+    """Factory: ``(name, n=CALIB_SAMPLES, seed=1) -> .npz`` of random inputs for that model,
+    one array per input, named after it."""
+    root = tmp_path_factory.mktemp("calib")
+    cache: Dict[tuple, pathlib.Path] = {}
+
+    def get(name: str, n: int = CALIB_SAMPLES, seed: int = 1) -> pathlib.Path:
+        if (name, n, seed) not in cache:
+            path = root / f"{name}_{n}_{seed}.npz"
+            np.savez(path, **random_inputs(build_model(name), n, seed=seed))
+            cache[(name, n, seed)] = path
+        return cache[(name, n, seed)]
+
+    return get
+
+
+def tflite_ops(path) -> list:
+    """``(op name, [input dtypes], [output dtypes])`` for each op of a .tflite file.
+
+    Read with LiteRT's plain builtin resolver, without the default XNNPACK delegate, which would
+    otherwise take over the ops and hide them. Independent of edgeopt's own op summary.
+    """
+    interpreter_module = pytest.importorskip("ai_edge_litert.interpreter")
+    interp = interpreter_module.Interpreter(
+        model_path=str(path),
+        experimental_op_resolver_type=interpreter_module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    tensors = {t["index"]: np.dtype(t["dtype"]) for t in interp.get_tensor_details()}
+    return [(op["op_name"], [tensors[i] for i in op["inputs"] if i >= 0],
+             [tensors[i] for i in op["outputs"]]) for op in interp._get_ops_details()]
+
+
+INT8_COMPUTE_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
+def assert_full_integer(path) -> None:
+    """Every conv/depthwise/dense op takes int8 activations and int8 weights."""
+    ops = tflite_ops(path)
+    compute = [op for op in ops if op[0] in INT8_COMPUTE_OPS]
+    assert compute, f"no compute ops in {path}: {[op[0] for op in ops]}"
+    for name, inputs, _outputs in compute:
+        assert inputs[0] == np.int8 and inputs[1] == np.int8, f"{name} in {path} has inputs {inputs}"

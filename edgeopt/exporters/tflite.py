@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,10 +28,10 @@ def export_keras(source: LoadedModel, out: Path, *, precision: str, calib: Subse
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     elif precision == "int8" and calib is None:
+        # The pipeline already notes, once for all targets, that no calibration data means
+        # dynamic range; the label says it for this artifact.
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         label = "int8-dynamic"
-        notes.append("No calibration data: dynamic-range quantization (int8 weights, float activations). "
-                     "Pass --calib for a full-integer model.")
     elif precision == "int8":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = _representative(calib, source.handle.input_names)
@@ -77,7 +78,7 @@ def _converter(tf, source: LoadedModel):
 def _representative(calib: Subset, names: list[str]):
     def gen() -> Iterator[list[np.ndarray]]:
         for row in calib:
-            yield [row[n].astype(np.float32, copy=False) for n in names]
+            yield [row[n] for n in names]  # already in each input's dtype
     return gen
 
 
@@ -87,9 +88,14 @@ def _convert(converter) -> bytes:
         return converter.convert()
 
 
+# How the MLIR converter names an op that has no TFLite kernel: "'tf.Erfinv' op is neither a
+# custom op nor a flex op".
+_UNSUPPORTED_OP = re.compile(r"'([\w.]+)' op is neither a custom op nor a flex op")
+
+
 def _conversion_error(source: LoadedModel, exc: Exception) -> ConversionError:
     text = str(exc)
-    ops = sorted({line.split("'")[1] for line in text.splitlines() if "op '" in line or "ops:" in line and "'" in line})
+    ops = sorted(set(_UNSUPPORTED_OP.findall(text)))
     detail = f" Unsupported ops: {', '.join(ops)}." if ops else ""
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     return ConversionError(f"The TFLite converter failed on '{source.handle.path}'.{detail} {first}",

@@ -107,9 +107,14 @@ class KerasModel(LoadedModel):
     def __init__(self, path: Path, fmt: Format, model: Any) -> None:
         self.native = model
         inputs = tuple(_spec(t, f"input_{i}") for i, t in enumerate(model.inputs))
-        outputs = tuple(_spec(t, f"output_{i}") for i, t in enumerate(model.outputs))
+        # Output tensors are named by a process-wide counter (keras_tensor_N), so a report would
+        # change with whatever ran before; the output layers' names are stable and meaningful.
+        layer_names = list(getattr(model, "output_names", None) or [])
+        outputs = tuple(_spec(t, f"output_{i}", name=layer_names[i] if i < len(layer_names) else None)
+                        for i, t in enumerate(model.outputs))
         self.handle = ModelHandle(path=path, format=fmt, inputs=inputs, outputs=outputs,
-                                  metadata={"layers": len(model.layers), "params": int(model.count_params())})
+                                  metadata={"layers": len(model.layers), "params": int(model.count_params()),
+                                            "macs": count_macs(model)})
 
     def predict(self, feed: dict[str, np.ndarray], batch_size: int = 64) -> list[np.ndarray]:
         keras = require("keras", "Running Keras models")
@@ -124,8 +129,8 @@ class KerasModel(LoadedModel):
         return [np.concatenate(parts) for parts in zip(*chunks)]
 
 
-def _spec(tensor: Any, fallback: str) -> TensorSpec:
-    name = getattr(tensor, "name", None) or fallback
+def _spec(tensor: Any, fallback: str, name: str | None = None) -> TensorSpec:
+    name = name or getattr(tensor, "name", None) or fallback
     shape = tuple(None if d is None else int(d) for d in tensor.shape)
     dtype = str(getattr(tensor, "dtype", "float32"))
     return TensorSpec(name=name, shape=shape, dtype=dtype, layout=guess_layout(shape, prefer="nhwc"))
@@ -173,3 +178,23 @@ class SavedModel(LoadedModel):
             chunks.append([np.asarray(out[k]) for k in self._output_keys])
         return [np.concatenate(parts) for parts in zip(*chunks)]
 
+
+
+def count_macs(model: Any) -> int:
+    """Multiply-accumulates of one inference (batch 1) in Conv/Dense layers, from layer shapes."""
+    total = 0
+    for layer in model.layers:
+        cls = layer.__class__.__name__
+        kernel = getattr(layer, "kernel", None) if cls != "SeparableConv2D" else None
+        try:
+            out_shape = layer.output.shape
+        except (AttributeError, ValueError):
+            continue
+        positions = int(np.prod([d for d in out_shape[1:-1] if d is not None])) if len(out_shape) > 2 else 1
+        if cls in ("Conv1D", "Conv2D", "Conv3D", "Dense", "DepthwiseConv2D", "DepthwiseConv1D") and kernel is not None:
+            shape = tuple(int(d) for d in kernel.shape)
+            total += positions * int(np.prod(shape))  # kh*kw*in*out (or *multiplier) per position
+        elif cls == "SeparableConv2D":
+            dw, pw = (tuple(int(d) for d in w.shape) for w in layer.get_weights()[:2])
+            total += positions * (int(np.prod(dw)) + int(np.prod(pw)))
+    return total

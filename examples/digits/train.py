@@ -5,6 +5,7 @@ Writes three artefacts (paths relative to the repository root by default):
 * ``examples/digits/digits_cnn.h5``      - the trained model, legacy HDF5
 * ``calibration_data/digits/calib.npz``  - 300 training images for int8 calibration
 * ``calibration_data/digits/val.npz``    - the 360 held-out images and labels
+* ``calibration_data/digits/train.npz``  - the training images and labels (for distillation)
 
 Usage::
 
@@ -86,6 +87,11 @@ def accuracy(model, x, y) -> float:
     return float(np.mean(np.argmax(probs, axis=-1) == y))
 
 
+def write_train_set(path, x_train, y_train) -> None:
+    """The training split with labels: what pruning's distillation step learns from."""
+    np.savez_compressed(path, image=x_train.astype(np.float32), labels=y_train.astype(np.int64))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -136,6 +142,7 @@ def main(argv=None) -> int:
     model_path = args.out_dir / "examples" / "digits" / "digits_cnn.h5"
     calib_path = args.out_dir / "calibration_data" / "digits" / "calib.npz"
     val_path = args.out_dir / "calibration_data" / "digits" / "val.npz"
+    train_path = args.out_dir / "calibration_data" / "digits" / "train.npz"
     for path in (model_path, calib_path, val_path):
         path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -148,11 +155,12 @@ def main(argv=None) -> int:
     np.savez_compressed(
         val_path, image=x_val.astype(np.float32), labels=y_val.astype(np.int64)
     )
+    write_train_set(train_path, x_train, y_train)
 
     print(f"training time: {train_s:.1f} s")
     print(f"parameters: {model.count_params()}")
     print(f"validation accuracy: {val_acc:.4f} ({VAL_SIZE} samples)")
-    for path in (model_path, calib_path, val_path):
+    for path in (model_path, calib_path, val_path, train_path):
         print(f"wrote {path} ({path.stat().st_size} bytes)")
     return 0
 
