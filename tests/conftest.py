@@ -306,3 +306,39 @@ def assert_full_integer(path) -> None:
     assert compute, f"no compute ops in {path}: {[op[0] for op in ops]}"
     for name, inputs, _outputs in compute:
         assert inputs[0] == np.int8 and inputs[1] == np.int8, f"{name} in {path} has inputs {inputs}"
+
+
+def run_tflite(path, feed: Dict[str, np.ndarray]) -> np.ndarray:
+    """The first output of a .tflite file for ``feed`` (keyed by input tensor name), sample by
+    sample, (de)quantizing int8 inputs and outputs by hand. Independent of edgeopt's sessions."""
+    interpreter_module = pytest.importorskip("ai_edge_litert.interpreter")
+    interp = interpreter_module.Interpreter(model_path=str(path))
+    interp.allocate_tensors()
+    count = len(next(iter(feed.values())))
+    # A one-input model is fed whatever its tensor is called (SavedModel artifacts prefix it).
+    only = next(iter(feed.values())) if len(feed) == 1 else None
+    outputs = []
+    for i in range(count):
+        for d in interp.get_input_details():
+            value = (feed[d["name"]] if only is None else only)[i:i + 1]
+            scale, zero = d["quantization"]
+            if d["dtype"] == np.int8:
+                value = np.round(value / scale + zero).clip(-128, 127)
+            interp.set_tensor(d["index"], value.astype(d["dtype"]))
+        interp.invoke()
+        d = interp.get_output_details()[0]
+        out = interp.get_tensor(d["index"])
+        scale, zero = d["quantization"]
+        outputs.append((out.astype(np.float32) - zero) * scale if d["dtype"] == np.int8 else out.copy())
+    return np.concatenate(outputs)
+
+
+def keras_predict(model, feed: Dict[str, np.ndarray]) -> np.ndarray:
+    args = [feed[t.name] for t in model.inputs]
+    return np.asarray(model(args if len(args) > 1 else args[0], training=False))
+
+
+def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a = a.reshape(len(a), -1).astype(np.float64)
+    b = b.reshape(len(b), -1).astype(np.float64)
+    return float(np.mean(np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))

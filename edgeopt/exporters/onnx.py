@@ -21,7 +21,7 @@ import numpy as np
 from edgeopt.calibration import Subset
 from edgeopt.deps import quiet_stderr, require
 from edgeopt.errors import ConversionError
-from edgeopt.exporters.base import ExportResult
+from edgeopt.exporters.base import ExportResult, conversion_failure
 from edgeopt.frameworks.base import LoadedModel
 from edgeopt.model import Format
 from edgeopt.names import match_inputs
@@ -76,7 +76,7 @@ def _from_keras(source: LoadedModel) -> Any:
         with contextlib.redirect_stdout(io.StringIO()), quiet_stderr():
             proto, _ = tf2onnx.convert.from_function(function, input_signature=specs, opset=OPSET)
     except Exception as exc:
-        raise _failure("tf2onnx", source, exc) from exc
+        raise conversion_failure("tf2onnx", source.handle.path, exc) from exc
     return proto
 
 
@@ -95,7 +95,7 @@ def torch_to_onnx(source: LoadedModel) -> Any:
                                         input_names=source.handle.input_names,
                                         output_names=[t.name for t in source.handle.outputs], opset_version=18)
     except Exception as exc:
-        raise _failure("torch.onnx.export", source, exc) from exc
+        raise conversion_failure("torch.onnx.export", source.handle.path, exc) from exc
     if buffer is not None:
         return require("onnx", "Converting PyTorch models to ONNX").load_from_string(buffer.getvalue())
     return program.model_proto
@@ -114,7 +114,7 @@ def _cleaned(source: LoadedModel) -> Any:
         try:
             ort.InferenceSession(str(source.handle.path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:
-            raise _failure("ONNX Runtime", source, exc) from exc
+            raise conversion_failure("ONNX Runtime", source.handle.path, exc) from exc
         model = onnx.load(str(Path(tmp) / "clean.onnx"))
     initializers = {t.name for t in model.graph.initializer}
     # Old exporters listed weights as graph inputs; runtimes then treat them as overridable.
@@ -164,7 +164,7 @@ def _quantize_dynamic(float_path: Path, out: Path, source: LoadedModel) -> None:
         with quiet_stderr():
             quant.quantize_dynamic(str(float_path), str(out), weight_type=quant.QuantType.QInt8, per_channel=True)
     except Exception as exc:
-        raise _failure("onnxruntime quantize_dynamic", source, exc) from exc
+        raise conversion_failure("onnxruntime quantize_dynamic", source.handle.path, exc) from exc
 
 
 def _quantize_static(float_path: Path, tmp: Path, out: Path, source: LoadedModel, calib: Subset) -> None:
@@ -190,7 +190,7 @@ def _quantize_static(float_path: Path, tmp: Path, out: Path, source: LoadedModel
                 activation_type=quant.QuantType.QUInt8, weight_type=quant.QuantType.QInt8,
                 calibrate_method=quant.CalibrationMethod.MinMax)
     except Exception as exc:
-        raise _failure("onnxruntime quantize_static", source, exc) from exc
+        raise conversion_failure("onnxruntime quantize_static", source.handle.path, exc) from exc
 
 
 def _reader(quant: Any, calib: Subset, onnx_names: list[str], source_names: list[str]) -> Any:
@@ -218,11 +218,3 @@ def float_compute_nodes(model: Any) -> list[str]:
                     produced_by.get(node.input[0]) != "DequantizeLinear":
                 result.append(f"{node.op_type} '{node.name or node.output[0]}'")
     return result
-
-
-def _failure(tool: str, source: LoadedModel, exc: Exception) -> ConversionError:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    detail = next((line for line in lines if "Unsupported" in line or "not supported" in line), None)
-    summary = detail or (lines[0] if lines else type(exc).__name__)
-    return ConversionError(f"{tool} failed on '{source.handle.path}': {summary[:500]}",
-                           hint="Run with --debug for the converter's full log.")

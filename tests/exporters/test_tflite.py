@@ -8,7 +8,8 @@ import pytest
 pytest.importorskip("tensorflow")
 litert = pytest.importorskip("ai_edge_litert.interpreter")
 
-from conftest import assert_full_integer, build_model, random_inputs, tflite_ops  # noqa: E402
+from conftest import (assert_full_integer, build_model, keras_predict, mean_cosine,  # noqa: E402
+                      random_inputs, run_tflite, tflite_ops)
 from edgeopt import calibration as cal  # noqa: E402
 from edgeopt.errors import ConversionError  # noqa: E402
 from edgeopt.exporters import tflite  # noqa: E402
@@ -30,34 +31,6 @@ def sources(saved_model, calib_file):
     return out
 
 
-def _run(path, feed: dict[str, np.ndarray]) -> np.ndarray:
-    """One sample through LiteRT, fed by tensor name, (de)quantizing int8 tensors by hand."""
-    interp = litert.Interpreter(model_path=str(path))
-    interp.allocate_tensors()
-    for d in interp.get_input_details():
-        value = feed[d["name"]]
-        scale, zero = d["quantization"]
-        if d["dtype"] == np.int8:
-            value = np.round(value / scale + zero).clip(-128, 127)
-        interp.set_tensor(d["index"], value.astype(d["dtype"]))
-    interp.invoke()
-    (d,) = interp.get_output_details()
-    out = interp.get_tensor(d["index"])
-    scale, zero = d["quantization"]
-    return (out.astype(np.float32) - zero) * scale if d["dtype"] == np.int8 else out
-
-
-def _keras_out(name: str, feed: dict[str, np.ndarray]) -> np.ndarray:
-    model = build_model(name)
-    args = [feed[t.name] for t in model.inputs]
-    return np.asarray(model(args if len(args) > 1 else args[0], training=False))
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["conv", "two_input"])
 def test_fp32_matches_keras_and_keeps_input_names(sources, tmp_path, name):
@@ -71,7 +44,7 @@ def test_fp32_matches_keras_and_keeps_input_names(sources, tmp_path, name):
     assert [tuple(d["shape"]) for d in interp.get_input_details()] == \
         [(1, *t.shape[1:]) for t in loaded.handle.inputs]
     feed = {k: v[:1] for k, v in random_inputs(loaded.native, 1, seed=9).items()}
-    np.testing.assert_allclose(_run(result.path, feed), _keras_out(name, feed), atol=1e-5)
+    np.testing.assert_allclose(run_tflite(result.path, feed), keras_predict(build_model(name), feed), atol=1e-5)
 
 
 @pytest.mark.slow
@@ -83,7 +56,7 @@ def test_fp16_stores_half_weights(sources, tmp_path):
     dequantized = [op for op in ops if op[0] == "DEQUANTIZE"]
     assert dequantized and all(op[1] == [np.float16] and op[2] == [np.float32] for op in dequantized)
     feed = random_inputs(loaded.native, 1, seed=4)
-    assert _cosine(_run(result.path, feed), _keras_out("conv", feed)) > 0.9999
+    assert mean_cosine(run_tflite(result.path, feed), keras_predict(build_model("conv"), feed)) > 0.9999
 
 
 @pytest.mark.slow
@@ -106,7 +79,7 @@ def test_int8_without_calibration_is_dynamic_range(tmp_path):
     assert narrow[1][:2] == [np.float32, np.float32]
     feed = {"features": np.random.default_rng(0).random((1, 20), dtype=np.float32)}
     expected = np.asarray(loaded.native(feed["features"], training=False))
-    assert _cosine(_run(result.path, feed), expected) > 0.99
+    assert mean_cosine(run_tflite(result.path, feed), expected) > 0.99
 
 
 @pytest.mark.slow
@@ -117,7 +90,7 @@ def test_int8_with_calibration_is_full_integer(sources, tmp_path, name):
     assert result.precision == "int8" and not result.float_fallback and result.notes == []
     assert_full_integer(result.path)
     feed = random_inputs(loaded.native, 1, seed=11)
-    assert _cosine(_run(result.path, feed), _keras_out(name, feed)) >= 0.98
+    assert mean_cosine(run_tflite(result.path, feed), keras_predict(build_model(name), feed)) >= 0.98
 
 
 @pytest.mark.slow
@@ -128,7 +101,7 @@ def test_int8_io(sources, tmp_path):
     assert [d["dtype"] for d in interp.get_input_details()] == [np.int8, np.int8]
     assert [d["dtype"] for d in interp.get_output_details()] == [np.int8]
     feed = random_inputs(loaded.native, 1, seed=12)
-    assert _cosine(_run(result.path, feed), _keras_out("two_input", feed)) >= 0.98
+    assert mean_cosine(run_tflite(result.path, feed), keras_predict(build_model("two_input"), feed)) >= 0.98
 
 
 @pytest.mark.slow

@@ -1,0 +1,96 @@
+"""PyTorch -> TFLite: litert-torch writes the float model, ai-edge-quantizer applies the precision.
+
+litert-torch keeps the module's own layout (NCHW stays NCHW). The quantizer works on the float
+flatbuffer: fp16 casts weights, int8 with calibration data quantizes weights and activations
+(inputs and outputs stay float unless int8 I/O is asked for), int8 without data quantizes weights
+and lets the runtime quantize activations on the fly.
+
+There is no ONNX -> TFLite route here: onnx2tf cannot be installed beside this TensorFlow, and
+going through PyTorch needs onnx2torch, which needs torchvision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from edgeopt.calibration import Subset
+from edgeopt.deps import quiet_stderr, require
+from edgeopt.errors import ConversionError
+from edgeopt.exporters.base import ExportResult, conversion_failure
+from edgeopt.frameworks.base import LoadedModel
+
+
+def export_torch(source: LoadedModel, out: Path, *, precision: str, calib: Subset | None = None,
+                 int8_io: bool = False) -> ExportResult:
+    litert_torch = require("litert_torch", "Converting PyTorch models to TFLite")
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix=".edgeopt-tflite-", dir=out.parent) as tmp:
+        float_path = out if precision == "fp32" else Path(tmp) / "float.tflite"
+        try:
+            with _quiet():
+                edge = litert_torch.convert(source.native, source.example_inputs())
+                edge.export(str(float_path))
+        except Exception as exc:
+            raise conversion_failure("litert_torch.convert", source.handle.path, exc) from exc
+        if precision == "fp32":
+            return ExportResult(out, "fp32", notes)
+        recipe, label = _recipe(precision, calib, int8_io)
+        quantizer = require("ai_edge_quantizer.quantizer", "Quantizing TFLite models")
+        try:
+            with _quiet():
+                qt = quantizer.Quantizer(str(float_path))
+                qt.load_quantization_recipe(recipe)
+                calibration = qt.calibrate(_calibration(str(float_path), source, calib)) if label == "int8" else None
+                qt.quantize(calibration).export_model(str(out), overwrite=True)
+        except Exception as exc:
+            raise conversion_failure("ai-edge-quantizer", source.handle.path, exc) from exc
+    return ExportResult(out, label, notes)
+
+
+def _recipe(precision: str, calib: Subset | None, int8_io: bool) -> tuple[Any, str]:
+    manager_module = require("ai_edge_quantizer.recipe_manager", "Quantizing TFLite models")
+    qtyping = require("ai_edge_quantizer.qtyping", "Quantizing TFLite models")
+    algorithms = require("ai_edge_quantizer.algorithm_manager", "Quantizing TFLite models").AlgorithmName
+    ops = qtyping.TFLOperationName
+    manager = manager_module.RecipeManager()
+    if precision == "fp16":
+        manager.add_weight_only_config(".*", ops.ALL_SUPPORTED, num_bits=16, algorithm_key=algorithms.FLOAT_CASTING)
+        return manager.get_quantization_recipe(), "fp16"
+    if calib is None:
+        manager.add_dynamic_config(".*", ops.ALL_SUPPORTED, num_bits=8)
+        return manager.get_quantization_recipe(), "int8-dynamic"
+    manager.add_static_config(".*", ops.ALL_SUPPORTED, activation_num_bits=8, weight_num_bits=8)
+    if not int8_io:
+        # Later entries win: graph inputs and outputs stay float, with (de)quantize ops inside.
+        float_io = qtyping.OpQuantizationConfig(compute_precision=qtyping.ComputePrecision.FLOAT,
+                                                explicit_dequantize=False)
+        for op in (ops.INPUT, ops.OUTPUT):
+            manager.add_quantization_config(".*", op, op_config=float_io, algorithm_key=algorithms.NO_QUANTIZE)
+    return manager.get_quantization_recipe(), "int8"
+
+
+def _calibration(model_path: str, source: LoadedModel, calib: Subset) -> dict[str, Iterator[dict[str, Any]]]:
+    """Calibration rows keyed by the TFLite signature's input names (args_0, args_1, ... in order)."""
+    litert = require("ai_edge_litert.interpreter", "Reading TFLite models")
+    signatures = litert.Interpreter(model_path=model_path).get_signature_list()
+    key = next(iter(signatures))
+    names = signatures[key]["inputs"]
+    if len(names) != len(source.handle.inputs):
+        raise ConversionError(f"The TFLite model of '{source.handle.path}' takes {len(names)} inputs; the source "
+                              f"takes {len(source.handle.inputs)}.")
+    # litert-torch names inputs args_<i> in forward() order, which is the source's order.
+    ordered = sorted(names, key=lambda n: int(n.rsplit("_", 1)[-1]) if n.rsplit("_", 1)[-1].isdigit() else 0)
+    pairs = list(zip(ordered, source.handle.input_names))
+    return {key: ({tfl: row[name] for tfl, name in pairs} for row in calib)}
+
+
+@contextlib.contextmanager
+def _quiet():
+    # Both tools print progress and size tables on stdout and C++ logs on stderr.
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), quiet_stderr():
+        yield
