@@ -50,6 +50,23 @@ def _prune_spec(ctx, param, value: str | None):
         raise click.BadParameter(f"expected METHOD:RATIO such as channels:0.5, got '{value}'") from None
 
 
+def _input_shapes(ctx, param, values: tuple[str, ...]):
+    """NAME=1,3,224,224 per input; a bare shape names the only input."""
+    if not values:
+        return None
+    shapes: dict[str, tuple[int, ...]] = {}
+    for value in values:
+        name, _, dims = value.rpartition("=")
+        try:
+            shape = tuple(int(d) for d in dims.lower().replace("x", ",").split(","))
+        except ValueError:
+            raise click.BadParameter(f"expected NAME=D0,D1,... such as image=1,3,224,224, got '{value}'") from None
+        if name in shapes or (not name and values[1:]):
+            raise click.BadParameter(f"'{value}': give each input once, as NAME=shape, when there are several")
+        shapes[name or "input"] = shape
+    return shapes
+
+
 def handle_errors(fn):
     """Turn edgeopt's exceptions into a message and a stable exit code; --debug shows tracebacks."""
 
@@ -110,6 +127,11 @@ def main(debug: bool) -> None:
 @click.option("--color", type=click.Choice(["rgb", "gray"]), help="Image folder colour mode (default: from channels).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output folder [default: edgeopt_out/<model-stem>/].")
 @click.option("--trust-model", is_flag=True, help="Allow models that carry code (Lambda layers, SavedModel graphs).")
+@click.option("--weights", type=click.Path(path_type=Path),
+              help="PyTorch state_dict for a model given as net.py:build_model or package.module:Class.")
+@click.option("--input-shape", "input_shapes", multiple=True, callback=_input_shapes, metavar="NAME=SHAPE",
+              help="PyTorch input shape, batch first, e.g. image=1,3,224,224 (repeat per input) "
+                   "[default: from --calib].")
 @click.option("--prune", "prune_spec", callback=_prune_spec, metavar="METHOD:RATIO",
               help="channels:0.5 removes half the channels; magnitude:0.8 zeroes 80% of the weights.")
 @click.option("--distill", is_flag=True, help="Fine-tune the pruned model with the source model as teacher.")
@@ -123,7 +145,8 @@ def main(debug: bool) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @handle_errors
 def compress(model, target, calib, val, precision, int8_io, calib_samples, seed, image_size, mean, std, layout,
-             color, output, trust_model, prune_spec, distill, distill_data, distill_epochs, no_validate, runs, warmup, threads, quiet):
+             color, output, trust_model, weights, input_shapes, prune_spec, distill, distill_data, distill_epochs,
+             no_validate, runs, warmup, threads, quiet):
     """Compress MODEL for an edge target and validate the artifact against it.
 
     \b
@@ -139,7 +162,7 @@ def compress(model, target, calib, val, precision, int8_io, calib_samples, seed,
         calibration["std"] = std
     config = recipe.build(
         "the command line", model=model, targets=target, precision=precision, int8_io=int8_io,
-        trust_model=trust_model, output=output, calibration=calibration,
+        trust_model=trust_model, output=output, calibration=calibration, weights=weights, input_shapes=input_shapes,
         validation={"enabled": not no_validate, "data": val, "runs": runs, "warmup": warmup, "threads": threads},
         prune=prune_spec,
         distill={"data": distill_data, "epochs": distill_epochs} if distill or distill_data else None)

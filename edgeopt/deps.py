@@ -21,11 +21,14 @@ OPTIONAL = {
     "tf2onnx": ("tf2onnx", "tf"),
     "h5py": ("h5py", "tf"),
     "torch": ("torch", "torch"),
+    "torch_pruning": ("torch-pruning", "torch"),
     "onnx": ("onnx", "onnx"),
     "onnxruntime": ("onnxruntime", "onnx"),
     "onnxscript": ("onnxscript", "torch"),
     "openvino": ("openvino", "openvino"),
     "nncf": ("nncf", "openvino"),
+    "litert_torch": ("litert-torch", "torch-tflite"),
+    "ai_edge_quantizer": ("ai-edge-quantizer", "torch-tflite"),
 }
 
 
@@ -34,7 +37,7 @@ _QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow", "GRPC_
 
 
 # Frameworks whose C++ side writes to stderr on import, past Python's control.
-_NOISY = {"tensorflow", "keras", "tf2onnx", "ai_edge_litert"}
+_NOISY = {"tensorflow", "keras", "tf2onnx", "ai_edge_litert", "litert_torch", "ai_edge_quantizer"}
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ from edgeopt import recipe, registry
 from edgeopt.errors import InputRejected, UsageError
 from edgeopt.formats import SOURCE_FORMATS, detect_format, suffix_mismatch
 from edgeopt.frameworks.base import LoadedModel
+from edgeopt.model import Format
 from edgeopt.outputs import OutputStage, check_output_dir
 from edgeopt.passes.base import PassContext
 from edgeopt.report import build_report, render_markdown, write_json
@@ -48,7 +49,31 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_source(path: Path, *, trust: bool) -> tuple[LoadedModel, list[str]]:
+# File suffixes of artifacts whose target name is not their extension.
+ARTIFACT_SUFFIX = {"openvino": "xml"}
+
+
+def _source_sha256(model: Path, source: LoadedModel) -> str:
+    """The model file's digest; for a model built from code, that of its code and weights together."""
+    if model.exists():
+        return sha256_of(model)
+    digest = hashlib.sha256()
+    for file in source.handle.metadata.get("files", []):
+        digest.update(sha256_of(Path(file)).encode())
+    return digest.hexdigest()
+
+
+def load_source(path: Path, *, trust: bool, weights: Path | None = None,
+                input_shapes: dict[str, tuple[int, ...]] | None = None,
+                calib: Path | None = None) -> tuple[LoadedModel, list[str]]:
+    from edgeopt.frameworks.torch import parse_spec
+
+    # Before sniffing: "net.py:build_model" names code, not a file on disk.
+    if parse_spec(str(path)) is not None:
+        loader = registry.resolve("loader", Format.TORCH_MODULE.value)
+        source = loader(path, Format.TORCH_MODULE, trust=trust, weights=weights, input_shapes=input_shapes,
+                        calib=calib)
+        return source, list(source.handle.metadata.get("notes", []))
     fmt = detect_format(path)
     notes = [n for n in [suffix_mismatch(path, fmt)] if n]
     if fmt not in SOURCE_FORMATS:
@@ -56,7 +81,14 @@ def load_source(path: Path, *, trust: bool) -> tuple[LoadedModel, list[str]]:
             f"'{path}' is a {fmt.value} artifact, not a source model edgeopt can compress.",
             hint="Pass the original model the artifact was made from, e.g. its Keras .h5/.keras file.")
     loader = registry.resolve("loader", fmt.value)
-    return loader(path, fmt, trust=trust), notes
+    if fmt.framework == "torch":
+        source = loader(path, fmt, trust=trust, weights=weights, input_shapes=input_shapes, calib=calib)
+    elif weights is not None:
+        raise UsageError(f"--weights goes with a PyTorch model built from code, not with the {fmt.value} "
+                         f"model '{path}'.", hint="Drop --weights; the weights are inside the model file.")
+    else:
+        source = loader(path, fmt, trust=trust)
+    return source, notes + list(source.handle.metadata.get("notes", []))
 
 
 def compress(config: recipe.CompressConfig, progress: Progress | None = None) -> Result:
@@ -66,7 +98,8 @@ def compress(config: recipe.CompressConfig, progress: Progress | None = None) ->
     check_output_dir(out_dir)
 
     say("Loading the model")
-    source, notes = load_source(config.model, trust=config.trust_model)
+    source, notes = load_source(config.model, trust=config.trust_model, weights=config.weights,
+                                input_shapes=config.input_shapes, calib=config.calibration.data)
     inputs = source.handle.inputs
 
     say("Checking calibration and validation data")
@@ -98,7 +131,8 @@ def compress(config: recipe.CompressConfig, progress: Progress | None = None) ->
 
     with OutputStage(out_dir) as stage:
         artifacts = []
-        stem = config.model.stem if config.model.is_file() else config.model.name
+        stem = source.handle.metadata.get("stem") or \
+            (config.model.stem if config.model.is_file() else config.model.name)
         for target in config.targets:
             say(f"Converting to {target}")
             exporter = registry.resolve("exporter", f"{source.handle.framework}->{target}")
@@ -107,19 +141,22 @@ def compress(config: recipe.CompressConfig, progress: Progress | None = None) ->
             for i, (stage_name, stage_model, _info) in enumerate(stage_info[1:], start=1):
                 variants[stage_name] = exporter(stage_model, stage.dir / f".{stem}_stage{i}_fp32.{target}",
                                                 precision="fp32")
-            name = f"{stem}_{config.precision}.{target}"
+            name = f"{stem}_{config.precision}.{ARTIFACT_SUFFIX.get(target, target)}"
             say(f"Quantizing to {config.precision}" if config.precision != "fp32" else "Writing fp32 artifact")
             result = exporter(model, stage.path(name), precision=config.precision, calib=calib,
                               int8_io=config.int8_io)
+            for extra in result.extra_files:
+                stage.path(extra.name)
             notes.extend(result.notes)
             variants["artifact"] = result
             artifacts.append(_measure(target, source, variants, val, config, say))
             for key, exported in variants.items():
                 if key != "artifact":
-                    exported.path.unlink(missing_ok=True)
+                    for file in (exported.path, *exported.extra_files):
+                        file.unlink(missing_ok=True)
 
         report = build_report(
-            command="compress", config=config, source=source, source_sha256=sha256_of(config.model),
+            command="compress", config=config, source=source, source_sha256=_source_sha256(config.model, source),
             calibration=_data_entry(config.calibration.data, calib, config.calibration.seed),
             validation=_data_entry(config.validation.data or config.calibration.data, val, config.calibration.seed,
                                    held_out=config.validation.data is None and val is holdout),
@@ -205,14 +242,14 @@ def _measure(target, source: LoadedModel, variants: dict, val: cal.Subset | None
     result, baseline = variants["artifact"], variants["fp32"]
     entry: dict[str, Any] = {
         "target": target, "path": str(result.path), "precision": result.precision,
-        "size_bytes": result.path.stat().st_size, "gzip_size_bytes": gzip_size(result.path),
-        "baseline_size_bytes": baseline.path.stat().st_size,
+        "size_bytes": _size(result), "gzip_size_bytes": gzip_size(result.path, *result.extra_files),
+        "baseline_size_bytes": _size(baseline),
         "io_dtypes": {t.name: t.dtype for t in sessions["artifact"].inputs},
         "input_layout": {t.name: t.layout for t in sessions["artifact"].inputs},
         "ops": op_summary(sessions["artifact"]), "float_fallback": result.float_fallback,
     }
     extra = [k for k in variants if k not in ("fp32", "artifact")]
-    measured: dict[str, dict[str, Any]] = {k: {"fp32_size_bytes": variants[k].path.stat().st_size}
+    measured: dict[str, dict[str, Any]] = {k: {"fp32_size_bytes": _size(variants[k])}
                                            for k in ("fp32", *extra)}
     if not config.validation.enabled:
         return entry
@@ -245,11 +282,16 @@ def _measure(target, source: LoadedModel, variants: dict, val: cal.Subset | None
     return entry
 
 
-def gzip_size(path: Path) -> int:
+def gzip_size(path: Path, *more: Path) -> int:
     """Compressed size: what sparsity buys on the wire, since dense formats store zeros as-is."""
     import gzip
 
-    return len(gzip.compress(path.read_bytes(), compresslevel=9, mtime=0))
+    return len(gzip.compress(b"".join(p.read_bytes() for p in (path, *more)), compresslevel=9, mtime=0))
+
+
+def _size(exported) -> int:
+    """Bytes of an artifact with the files that travel with it (an OpenVINO .bin)."""
+    return sum(p.stat().st_size for p in (exported.path, *exported.extra_files))
 
 
 def evaluate(source: LoadedModel, sessions: dict, subset: cal.Subset, chunk: int = 32):
@@ -275,6 +317,11 @@ def evaluate(source: LoadedModel, sessions: dict, subset: cal.Subset, chunk: int
     return join(ref_parts), {k: join(v) for k, v in art_parts.items()}, subset.labels()
 
 
+# Ops that only convert between float and int8 at the edges of integer regions, per runtime.
+QUANTIZE_OPS = {"QUANTIZE", "DEQUANTIZE", "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
+                "FakeQuantize"}
+
+
 def op_summary(session) -> dict[str, Any]:
     """Op counts, and which compute ops run in float: the evidence for 'full integer'."""
     if not hasattr(session, "ops"):
@@ -283,7 +330,7 @@ def op_summary(session) -> dict[str, Any]:
     float_ops: list[str] = []
     for op in session.ops():
         counts[op["op"]] = counts.get(op["op"], 0) + 1
-        if op["op"] in ("QUANTIZE", "DEQUANTIZE"):
+        if op["op"] in QUANTIZE_OPS:
             continue
         if any(d.startswith("float") for d in op["inputs"][:1] + op["outputs"]):
             float_ops.append(op["op"])

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edgeopt.errors import InputRejected, UsageError
 
 RECIPE_VERSION = 1
-TARGETS = ("tflite",)
+TARGETS = ("tflite", "onnx", "openvino")
 PRECISIONS = ("int8", "fp16", "fp32")
 
 
@@ -90,6 +90,19 @@ class CompressConfig(_Strict):
     prune: PruneConfig | None = None
     distill: DistillConfig | None = None
     output: Path | None = None
+    # PyTorch models built from code (net.py:build_model): their state_dict, and input shapes
+    # with the batch axis first (PyTorch modules do not record them).
+    weights: Path | None = None
+    input_shapes: dict[str, tuple[int, ...]] | None = None
+
+    @field_validator("input_shapes")
+    @classmethod
+    def _positive_dims(cls, v: dict[str, tuple[int, ...]] | None) -> dict[str, tuple[int, ...]] | None:
+        for name, dims in (v or {}).items():
+            if not dims or any(d < 1 for d in dims):
+                raise ValueError(f"shape of '{name}' must be positive sizes, batch first, e.g. 1,3,224,224; "
+                                 f"got {list(dims)}")
+        return v
 
     @field_validator("targets", mode="before")
     @classmethod

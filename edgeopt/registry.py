@@ -15,13 +15,29 @@ ENTRIES: dict[tuple[str, str], str] = {
     ("loader", "keras_h5"): "edgeopt.frameworks.keras:load",
     ("loader", "keras"): "edgeopt.frameworks.keras:load",
     ("loader", "saved_model"): "edgeopt.frameworks.keras:load",
+    ("loader", "onnx"): "edgeopt.frameworks.onnx:load",
+    ("loader", "torch_module"): "edgeopt.frameworks.torch:load",
+    ("loader", "torchscript"): "edgeopt.frameworks.torch:load",
+    ("loader", "torch_export"): "edgeopt.frameworks.torch:load",
+    ("loader", "torch_pickle"): "edgeopt.frameworks.torch:load",
     # exporters, by "<source framework>-><target>"
     ("exporter", "keras->tflite"): "edgeopt.exporters.tflite:export_keras",
+    ("exporter", "torch->tflite"): "edgeopt.exporters.tflite_torch:export_torch",
+    ("exporter", "keras->onnx"): "edgeopt.exporters.onnx:export_keras",
+    ("exporter", "torch->onnx"): "edgeopt.exporters.onnx:export_torch",
+    ("exporter", "onnx->onnx"): "edgeopt.exporters.onnx:export_onnx",
+    ("exporter", "keras->openvino"): "edgeopt.exporters.openvino:export_keras",
+    ("exporter", "torch->openvino"): "edgeopt.exporters.openvino:export_torch",
+    ("exporter", "onnx->openvino"): "edgeopt.exporters.openvino:export_onnx",
     # runtimes, by artifact format
     ("runtime", "tflite"): "edgeopt.targets.litert:open_session",
+    ("runtime", "onnx"): "edgeopt.targets.onnxruntime:open_session",
+    ("runtime", "openvino"): "edgeopt.targets.openvino:open_session",
     # passes, by "<step>:<source framework>"
     ("pass", "prune:keras"): "edgeopt.passes.prune.keras:run",
     ("pass", "distill:keras"): "edgeopt.passes.distill.keras:run",
+    ("pass", "prune:torch"): "edgeopt.passes.prune.torch:run",
+    ("pass", "distill:torch"): "edgeopt.passes.distill.torch:run",
 }
 
 
@@ -32,8 +48,24 @@ REQUIRES: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {
     ("loader", "saved_model"): (("tensorflow", "tensorflow-cpu"),),
     ("exporter", "keras->tflite"): (("tensorflow", "tensorflow-cpu"),),
     ("runtime", "tflite"): (("ai_edge_litert", "ai-edge-litert"),),
+    ("loader", "onnx"): (("onnx", "onnx"), ("onnxruntime", "onnxruntime")),
+    ("loader", "torch_module"): (("torch", "torch"),),
+    ("loader", "torchscript"): (("torch", "torch"),),
+    ("loader", "torch_export"): (("torch", "torch"),),
+    ("loader", "torch_pickle"): (("torch", "torch"),),
+    ("exporter", "torch->tflite"): (("litert_torch", "litert-torch"), ("ai_edge_quantizer", "ai-edge-quantizer")),
+    ("exporter", "keras->onnx"): (("tf2onnx", "tf2onnx"), ("onnxruntime", "onnxruntime")),
+    ("exporter", "torch->onnx"): (("torch", "torch"), ("onnxscript", "onnxscript"), ("onnxruntime", "onnxruntime")),
+    ("exporter", "onnx->onnx"): (("onnx", "onnx"), ("onnxruntime", "onnxruntime")),
+    ("exporter", "keras->openvino"): (("tensorflow", "tensorflow-cpu"), ("openvino", "openvino"), ("nncf", "nncf")),
+    ("exporter", "torch->openvino"): (("torch", "torch"), ("openvino", "openvino"), ("nncf", "nncf")),
+    ("exporter", "onnx->openvino"): (("openvino", "openvino"), ("nncf", "nncf")),
+    ("runtime", "onnx"): (("onnxruntime", "onnxruntime"),),
+    ("runtime", "openvino"): (("openvino", "openvino"),),
     ("pass", "prune:keras"): (("keras", "keras"),),
     ("pass", "distill:keras"): (("tensorflow", "tensorflow-cpu"),),
+    ("pass", "prune:torch"): (("torch", "torch"), ("torch_pruning", "torch-pruning")),
+    ("pass", "distill:torch"): (("torch", "torch"),),
 }
 
 

@@ -74,7 +74,7 @@ def _recipe(precision: str, calib: Subset | None, int8_io: bool) -> tuple[Any, s
     return manager.get_quantization_recipe(), "int8"
 
 
-def _calibration(model_path: str, source: LoadedModel, calib: Subset) -> dict[str, Iterator[dict[str, Any]]]:
+def _calibration(model_path: str, source: LoadedModel, calib: Subset) -> dict[str, _Rows]:
     """Calibration rows keyed by the TFLite signature's input names (args_0, args_1, ... in order)."""
     litert = require("ai_edge_litert.interpreter", "Reading TFLite models")
     signatures = litert.Interpreter(model_path=model_path).get_signature_list()
@@ -86,7 +86,23 @@ def _calibration(model_path: str, source: LoadedModel, calib: Subset) -> dict[st
     # litert-torch names inputs args_<i> in forward() order, which is the source's order.
     ordered = sorted(names, key=lambda n: int(n.rsplit("_", 1)[-1]) if n.rsplit("_", 1)[-1].isdigit() else 0)
     pairs = list(zip(ordered, source.handle.input_names))
-    return {key: ({tfl: row[name] for tfl, name in pairs} for row in calib)}
+    return {key: _Rows(calib, pairs)}
+
+
+class _Rows:
+    """Calibration rows renamed for the quantizer, streamed again on every pass: it walks the
+    data once to count work before walking it to calibrate."""
+
+    def __init__(self, calib: Subset, pairs: list[tuple[str, str]]) -> None:
+        self._calib = calib
+        self._pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self._calib)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for row in self._calib:
+            yield {tfl: row[name] for tfl, name in self._pairs}
 
 
 @contextlib.contextmanager

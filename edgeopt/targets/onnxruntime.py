@@ -105,6 +105,8 @@ class OrtSession(Session):
 
 def node_dtypes(onnx: Any, model: Any) -> list[dict]:
     """Each node with the dtype of its first input and first output, propagated through the graph."""
+    from edgeopt.frameworks.onnx import is_quantized_op
+
     known: dict[str, str] = {}
     for value in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
         if value.type.HasField("tensor_type") and value.type.tensor_type.elem_type:
@@ -124,8 +126,11 @@ def node_dtypes(onnx: Any, model: Any) -> list[dict]:
             out = _onnx_dtype(onnx, to)
         elif node.op_type in ("Shape", "Size", "NonZero", "ArgMax", "ArgMin"):
             out = "int64"
+        elif is_quantized_op(node.op_type):
+            # Integer kernels list scales first in some ops (QLinearConcat); the 8-bit operand is the data.
+            first = next((known[i] for i in node.input if known.get(i) in ("int8", "uint8")), first)
+            out = first
         else:
-            # Integer kernels (QLinearConv, QGemm...) compute in their input's type, as do float ops.
             out = first
         for name in node.output:
             known.setdefault(name, out)

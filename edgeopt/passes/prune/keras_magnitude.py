@@ -1,8 +1,7 @@
 """Unstructured magnitude pruning for Keras: the smallest weights become exact zeros.
 
-Masks are computed globally (one threshold over all pruned kernels) or per layer, raised along a
-cubic schedule during fine-tuning (sparsity_t = s * (1 - (1 - t)^3) over the first 70% of steps)
-and re-applied after every optimizer step, so pruned weights stay zero; the final weights carry
+Masks are computed globally (one threshold over all pruned kernels) or per layer, raised along
+the schedule in ``schedule.py`` during fine-tuning and re-applied after every optimizer step, so pruned weights stay zero; the final weights carry
 the zeros themselves, so no mask survives into the exported model.
 """
 
@@ -14,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgeopt.errors import UsageError
+from edgeopt.passes.prune.schedule import needs_update, sparsity_at
 
 KERNEL_LAYERS = {"Conv1D", "Conv2D", "Conv3D", "Dense", "DepthwiseConv2D", "SeparableConv2D", "Conv2DTranspose"}
-RAMP_FRACTION = 0.7
 
 
 @dataclass(frozen=True)
@@ -49,8 +48,7 @@ class MagnitudePruner:
         self._last_target = -1.0
 
     def target_at(self, step: int, total: int) -> float:
-        progress = min(1.0, step / max(1.0, RAMP_FRACTION * total))
-        return self.cfg.sparsity * (1.0 - (1.0 - progress) ** 3)
+        return sparsity_at(step, total, self.cfg.sparsity)
 
     def set_sparsity(self, fraction: float) -> None:
         weights = [np.abs(layer.kernel.numpy()) for layer in self.layers]
@@ -82,7 +80,7 @@ class MagnitudePruner:
     def step(self, step: int, total: int) -> None:
         """Raise the sparsity along the schedule (masks recomputed when it moves), then re-mask."""
         target = self.target_at(step, total)
-        if target - self._last_target >= 0.01 or (step == total and target != self._last_target):
+        if needs_update(step, total, target, self._last_target):
             self.set_sparsity(target)
             self._last_target = target
         else:
