@@ -204,6 +204,50 @@ def _run_and_show(config, quiet: bool) -> None:
     out.print(f"Outputs in [bold]{escape(str(result.output_dir))}[/]: {escape(names)}")
 
 
+def _percent(ctx, param, value: str | None):
+    if value is None:
+        return None
+    try:
+        return float(value.rstrip("%"))
+    except ValueError:
+        raise click.BadParameter(f"expected a percentage such as 10 or 10%, got '{value}'") from None
+
+
+@main.command(epilog="Exit codes: 0 every check passed, 1 a check failed, 2 usage error, 3 unreadable report.")
+@click.argument("candidate", type=click.Path(path_type=Path))
+@click.option("--baseline", type=click.Path(path_type=Path), required=True, help="The report to compare against.")
+@click.option("--max-accuracy-drop", type=float, metavar="POINTS", help="Largest allowed top-1 drop, in points.")
+@click.option("--max-fidelity-drop", type=float, metavar="POINTS",
+              help="Largest allowed drop of 100 x top1_agreement (or cosine), in points.")
+@click.option("--max-latency-regression", callback=_percent, metavar="PCT",
+              help="Largest allowed p50 increase in percent; only a rise beyond the measured noise counts.")
+@click.option("--max-size", type=click.IntRange(min=1), metavar="BYTES", help="Largest allowed artifact size.")
+@click.option("--junit", type=click.Path(path_type=Path), help="Write the checks as JUnit XML.")
+@click.option("--markdown", type=click.Path(path_type=Path), help="Write a Markdown table for a pull-request comment.")
+@handle_errors
+def gate(candidate, baseline, max_accuracy_drop, max_fidelity_drop, max_latency_regression, max_size, junit,
+         markdown):
+    """Fail (exit 1) when CANDIDATE report.json is worse than --baseline beyond the limits."""
+    from edgeopt.console import out, table
+    from edgeopt.outputs import write_text
+    from edgeopt.validate import gate as g
+
+    limits = g.GateLimits(max_accuracy_drop, max_fidelity_drop, max_latency_regression, max_size)
+    checks = g.evaluate(g.load_report(baseline), g.load_report(candidate), limits)
+    header, body = g.rows(checks)
+    out.print(table("edgeopt gate", header, body))
+    if junit:
+        write_text(junit, g.to_junit(checks))
+    if markdown:
+        write_text(markdown, g.to_markdown(checks))
+    failed = [c for c in checks if not c.passed]
+    if failed:
+        from edgeopt.errors import GateFailed
+
+        raise GateFailed("; ".join(c.describe() for c in failed))
+    out.print(f"[green]gate passed[/]: {len(checks)} checks")
+
+
 @main.command()
 @handle_errors
 def doctor():

@@ -34,7 +34,7 @@ INT8_IO_NOTE = "--int8-io applies to TFLite only; the ONNX artifact keeps float 
 
 def export_keras(source: LoadedModel, out: Path, *, precision: str, calib: Subset | None = None,
                  int8_io: bool = False) -> ExportResult:
-    return _finish(_from_keras(source), source, out, precision=precision, calib=calib, int8_io=int8_io)
+    return _finish(keras_to_onnx(source), source, out, precision=precision, calib=calib, int8_io=int8_io)
 
 
 def export_torch(source: LoadedModel, out: Path, *, precision: str, calib: Subset | None = None,
@@ -52,7 +52,8 @@ def export_onnx(source: LoadedModel, out: Path, *, precision: str, calib: Subset
     return _finish(_cleaned(source), source, out, precision=precision, calib=calib, int8_io=int8_io)
 
 
-def _from_keras(source: LoadedModel) -> Any:
+def keras_to_onnx(source: LoadedModel) -> Any:
+    """The float ONNX graph of a Keras model or SavedModel, traced at batch 1 with its input names."""
     tf = require("tensorflow", "Converting Keras models to ONNX")
     tf2onnx = require("tf2onnx", "Converting Keras models to ONNX")
     specs = [tf.TensorSpec((1, *t.shape[1:]), tf.as_dtype(t.dtype), name=t.name) for t in source.handle.inputs]

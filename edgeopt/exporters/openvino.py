@@ -1,8 +1,8 @@
 """OpenVINO IR (.xml with its .bin) from ONNX, Keras or PyTorch sources.
 
-ONNX files and SavedModel folders go to ``openvino.convert_model`` directly; a Keras model is
-first written as a SavedModel (``convert_model`` cannot take a Keras 3 object); a PyTorch module
-is traced with its example inputs. Inputs get a static batch of 1, as the other artifacts have.
+ONNX files and SavedModel folders go to ``openvino.convert_model`` directly; a Keras model goes
+through ONNX (tf2onnx), or a SavedModel if that fails (``convert_model`` cannot take a Keras 3
+object); a PyTorch module is traced with its example inputs. Inputs get a static batch of 1, as the other artifacts have.
 int8 is NNCF post-training quantization on the calibration data; without data, weights alone are
 compressed to int8.
 """
@@ -82,9 +82,19 @@ def _from_file(ov: Any, source: LoadedModel, tmp: Path) -> Any:
 def _from_keras(ov: Any, source: LoadedModel, tmp: Path) -> Any:
     if source.handle.format is Format.SAVED_MODEL:
         return ov.convert_model(str(source.handle.path))
-    saved = tmp / "saved_model"
-    source.native.export(str(saved), verbose=False)
-    return ov.convert_model(str(saved))
+    from edgeopt.exporters.onnx import keras_to_onnx
+
+    # Through ONNX first: tf2onnx traces in a fraction of a second, while model.export() slows
+    # down with every call on the same model. The SavedModel route stays as the fallback.
+    try:
+        proto = keras_to_onnx(source)
+    except ConversionError:
+        saved = tmp / "saved_model"
+        source.native.export(str(saved), verbose=False)
+        return ov.convert_model(str(saved))
+    path = tmp / "model.onnx"
+    require("onnx", "Converting Keras models to OpenVINO").save(proto, str(path))
+    return ov.convert_model(str(path))
 
 
 def _from_torch(ov: Any, source: LoadedModel, tmp: Path) -> Any:

@@ -93,9 +93,9 @@ def load(path: Path, fmt: Format, *, trust: bool = False) -> LoadedModel:
     if problems and not trust:
         raise UnsafeModel(f"Refusing to load '{path}': " + "; ".join(problems) + ".", hint=TRUST_HINT)
     keras = require("keras", "Loading Keras models")
-    if trust:
-        keras.config.enable_unsafe_deserialization()
     try:
+        # Trust applies to this file only: safe_mode per call, never Keras' process-wide switch,
+        # which would leave every later load in the process unguarded.
         model = keras.models.load_model(path, compile=False, safe_mode=not trust)
     except Exception as exc:  # Keras raises many types for broken files; all mean the same here
         raise InputRejected(f"Keras could not load '{path}': {type(exc).__name__}: {exc}",

@@ -1,0 +1,117 @@
+"""The CI gate: pass, fail and boundary cases, JUnit and Markdown output, exit codes."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+
+from edgeopt.errors import UsageError
+from edgeopt.validate import gate as g
+
+
+def report(top1=0.95, agreement=0.99, p50=10.0, p90=10.5, size=1000) -> dict:
+    return {"schema_version": 1, "artifacts": [{
+        "target": "tflite", "precision": "int8", "path": "m_int8.tflite", "size_bytes": size,
+        "latency_ms": {"p50": p50, "p90": p90, "mean": p50, "runs": 100, "warmup": 10, "threads": 2},
+        "fidelity": {"top1_agreement": agreement, "cosine": 0.999, "max_abs_err": 0.01, "sqnr_db": 30.0},
+        "accuracy": {"top1": top1}}]}
+
+
+def by_name(checks):
+    return {c.name: c for c in checks}
+
+
+def test_two_point_accuracy_loss_fails_a_one_point_budget():
+    checks = g.evaluate(report(top1=0.95), report(top1=0.93), g.GateLimits(max_accuracy_drop=1.0))
+    check = by_name(checks)["accuracy_drop"]
+    assert not check.passed and check.delta == pytest.approx(2.0)
+
+
+def test_within_budget_passes():
+    checks = g.evaluate(report(top1=0.95), report(top1=0.945), g.GateLimits(max_accuracy_drop=1.0))
+    assert all(c.passed for c in checks)
+
+
+def test_drop_exactly_at_threshold_passes():
+    # 0.95 - 0.94 is 1.0000000000000009 points in binary floating point: still "at" the limit.
+    checks = g.evaluate(report(top1=0.95), report(top1=0.94), g.GateLimits(max_accuracy_drop=1.0))
+    assert by_name(checks)["accuracy_drop"].passed
+
+
+def test_fidelity_drop_in_points():
+    checks = g.evaluate(report(agreement=0.99), report(agreement=0.955), g.GateLimits(max_fidelity_drop=3.0))
+    check = by_name(checks)["fidelity_drop"]
+    assert check.delta == pytest.approx(3.5) and not check.passed
+
+
+def test_latency_regression_counts_only_beyond_noise():
+    noisy = g.evaluate(report(p50=10.0, p90=13.0), report(p50=12.0, p90=14.0),
+                       g.GateLimits(max_latency_regression=10))
+    assert by_name(noisy)["latency_regression"].passed  # +20% but inside the 3 ms spread
+    real = g.evaluate(report(p50=10.0, p90=10.5), report(p50=12.0, p90=12.4),
+                      g.GateLimits(max_latency_regression=10))
+    assert not by_name(real)["latency_regression"].passed
+    small = g.evaluate(report(p50=10.0, p90=10.1), report(p50=10.8, p90=10.9),
+                       g.GateLimits(max_latency_regression=10))
+    assert by_name(small)["latency_regression"].passed  # beyond noise but under the threshold
+
+
+def test_size_limit():
+    checks = g.evaluate(report(), report(size=1500), g.GateLimits(max_size=1200))
+    assert not by_name(checks)["size"].passed and by_name(checks)["size"].delta == 300
+
+
+def test_missing_metric_or_limits_is_usage_error():
+    no_acc = report()
+    del no_acc["artifacts"][0]["accuracy"]
+    with pytest.raises(UsageError, match="top-1 accuracy"):
+        g.evaluate(report(), no_acc, g.GateLimits(max_accuracy_drop=1))
+    with pytest.raises(UsageError, match="No limit"):
+        g.evaluate(report(), report(), g.GateLimits())
+    other = report()
+    other["artifacts"][0]["target"] = "onnx"
+    with pytest.raises(UsageError, match="onnx:int8"):
+        g.evaluate(report(), other, g.GateLimits(max_size=10))
+
+
+def test_junit_parses_with_a_junit_parser(tmp_path):
+    junitparser = pytest.importorskip("junitparser")
+    checks = g.evaluate(report(top1=0.95, size=1000), report(top1=0.93, size=900),
+                        g.GateLimits(max_accuracy_drop=1.0, max_size=1000))
+    path = tmp_path / "gate.xml"
+    path.write_text(g.to_junit(checks))
+    xml = junitparser.JUnitXml.fromfile(str(path))
+    cases = [case for suite in xml for case in suite]
+    assert len(cases) == 2
+    failed = [c for c in cases if not c.is_passed]
+    assert [c.name for c in failed] == ["accuracy_drop"]
+    text = failed[0].result[0].text
+    assert "baseline=95" in text and "candidate=93" in text and "threshold=1.0 points" in text
+
+
+def _cli(tmp_path, base, cand, *flags):
+    (tmp_path / "base.json").write_text(json.dumps(base))
+    (tmp_path / "cand.json").write_text(json.dumps(cand))
+    return subprocess.run([sys.executable, "-m", "edgeopt.cli", "gate", str(tmp_path / "cand.json"),
+                           "--baseline", str(tmp_path / "base.json"), *flags],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_exit_codes_and_markdown(tmp_path):
+    bad = _cli(tmp_path, report(top1=0.95), report(top1=0.93), "--max-accuracy-drop", "1",
+               "--markdown", str(tmp_path / "gate.md"), "--junit", str(tmp_path / "gate.xml"))
+    assert bad.returncode == 1, bad.stderr
+    assert "accuracy_drop" in bad.stderr and "Traceback" not in bad.stderr
+    md = (tmp_path / "gate.md").read_text()
+    assert "FAILED (1 of 1 checks)" in md and "| tflite:int8 | accuracy_drop |" in md
+    good = _cli(tmp_path, report(top1=0.95), report(top1=0.945), "--max-accuracy-drop", "1",
+                "--max-latency-regression", "10%")
+    assert good.returncode == 0, good.stderr
+    broken = copy.deepcopy(report())
+    del broken["schema_version"]
+    unreadable = _cli(tmp_path, report(), broken, "--max-size", "10")
+    assert unreadable.returncode == 3
