@@ -204,6 +204,46 @@ def _run_and_show(config, quiet: bool) -> None:
     out.print(f"Outputs in [bold]{escape(str(result.output_dir))}[/]: {escape(names)}")
 
 
+@main.command(epilog=EPILOG)
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--reference", type=click.Path(path_type=Path), help="Source model to compare against "
+              "[default: the first artifact].")
+@click.option("--val", type=click.Path(path_type=Path), required=True,
+              help="Validation data (.npz/.npy folder/images); labels from an array named 'labels'.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, gpu, or ssh://user@host[:port].")
+@click.option("--threads", type=click.IntRange(min=1), help="Runtime threads [default: all cores].")
+@click.option("--runs", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
+@click.option("--time-budget", type=click.FloatRange(min=0.1), help="Stop timing after this many seconds.")
+@click.option("--metric", help="A metric of your own: FILE.py:FUNCTION(outputs, labels) -> {name: value}.")
+@click.option("--trust-model", is_flag=True, help="Allow a reference model that carries code.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("edgeopt_out/validate"),
+              show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@handle_errors
+def validate(artifacts, reference, val, device, threads, runs, warmup, time_budget, metric, trust_model, output,
+             quiet):
+    """Measure ARTIFACTS side by side: latency, fidelity against the reference, accuracy."""
+    from rich.markup import escape
+
+    from edgeopt.console import out, steps, table
+    from edgeopt.report import validate_rows
+    from edgeopt.validate.job import ValidateConfig, run
+
+    config = ValidateConfig(artifacts=tuple(artifacts), val=val, reference=reference, device=device,
+                            threads=threads, runs=runs, warmup=warmup, time_budget_s=time_budget, metric=metric,
+                            trust_model=trust_model)
+    with steps(quiet) as progress:
+        report = run(config, output, progress)
+    header, rows = validate_rows(report)
+    out.print(table(escape(f"edgeopt validate on {report['artifacts'][0]['device']}"), header,
+                    [[escape(c) for c in r] for r in rows], transpose=True))
+    for a in report["artifacts"]:
+        if a.get("metrics"):
+            out.print(escape(f"{Path(a['path']).name}: " + ", ".join(f"{k} {v:.4g}" for k, v in a["metrics"].items())))
+    out.print(f"Reports in [bold]{escape(str(output))}[/]: report.json, report.md, report.html")
+
+
 def _percent(ctx, param, value: str | None):
     if value is None:
         return None

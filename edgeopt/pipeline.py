@@ -20,6 +20,7 @@ from edgeopt.model import Format
 from edgeopt.outputs import OutputStage, check_output_dir
 from edgeopt.passes.base import PassContext
 from edgeopt.report import build_report, render_markdown, write_json
+from edgeopt.report_html import render_html
 from edgeopt.validate import fidelity as fid
 from edgeopt.validate.latency import measure_interleaved
 
@@ -168,6 +169,7 @@ def compress(config: recipe.CompressConfig, progress: Progress | None = None) ->
             a["path"] = str(out_dir / Path(a["path"]).name)
         write_json(stage.path("report.json"), report)
         stage.path("report.md").write_text(render_markdown(report), encoding="utf-8")
+        stage.path("report.html").write_text(render_html(report), encoding="utf-8")
         stage.path("recipe.yaml").write_text(recipe.to_yaml(config), encoding="utf-8")
         files = stage.commit()
     return Result(report=report, output_dir=out_dir, files=files)

@@ -36,21 +36,26 @@ def build_report(*, command: str, config, source, source_sha256: str, calibratio
     for a in artifacts:
         if a.get("baseline_size_bytes"):
             a["size_ratio"] = round(a["size_bytes"] / a["baseline_size_bytes"], 4)
+    source_entry = {
+        "path": str(source.handle.path), "format": source.handle.format.value, "sha256": source_sha256,
+        "inputs": [t.describe() for t in source.handle.inputs],
+        "outputs": [t.describe() for t in source.handle.outputs],
+        **{k: v for k, v in source.handle.metadata.items() if isinstance(v, (int, float, str))},
+    }
+    return envelope(command, {"source": source_entry, "reference": reference, "artifacts": artifacts,
+                              "calibration": calibration, "validation": validation},
+                    settings=config.model_dump(mode="json"), notes=notes, wall_seconds=wall_seconds)
+
+
+def envelope(command: str, body: dict[str, Any], *, settings: dict, notes: list[str],
+             wall_seconds: float) -> dict[str, Any]:
+    """The keys every report shares around a command's own ``body``."""
     return _finite({
         "schema_version": SCHEMA_VERSION,
         "command": command,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "source": {
-            "path": str(source.handle.path), "format": source.handle.format.value, "sha256": source_sha256,
-            "inputs": [t.describe() for t in source.handle.inputs],
-            "outputs": [t.describe() for t in source.handle.outputs],
-            **{k: v for k, v in source.handle.metadata.items() if isinstance(v, (int, float, str))},
-        },
-        "reference": reference,
-        "artifacts": artifacts,
-        "calibration": calibration,
-        "validation": validation,
-        "settings": config.model_dump(mode="json"),
+        **body,
+        "settings": settings,
         "versions": {"edgeopt": __version__, "python": platform.python_version(), **installed_versions()},
         "machine": {"system": platform.system(), "machine": platform.machine(), "processor": _cpu_name()},
         "notes": notes,
@@ -132,6 +137,21 @@ def summary_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def validate_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """One row per artifact measured by `edgeopt validate`, side by side."""
+    header = ["artifact", "runtime", "size", "p50 ms", "p90 ms", "p99 ms", "load s", "top1", "top1 agree",
+              "cosine", "SQNR dB"]
+    rows = []
+    for a in report["artifacts"]:
+        lat, fidelity = a.get("latency_ms") or {}, a.get("fidelity") or {}
+        p50 = fmt_num(lat.get("p50")) + (" (unstable)" if lat.get("unstable") else "")
+        rows.append([Path(a["path"]).name, a["target"], fmt_bytes(a.get("size_bytes")), p50, fmt_num(lat.get("p90")),
+                     fmt_num(lat.get("p99")), fmt_num(a.get("load_seconds"), 2),
+                     fmt_num((a.get("accuracy") or {}).get("top1")), fmt_num(fidelity.get("top1_agreement")),
+                     fmt_num(fidelity.get("cosine"), 4), fmt_num(fidelity.get("sqnr_db"), 1)])
+    return header, rows
+
+
 def stage_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """What each pipeline stage bought: parameters, MACs and gzip size alongside the rows above."""
     header = ["stage", "params", "MACs", "details"]
@@ -165,7 +185,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         held = " (held out from the calibration data)" if v.get("held_out_from_calibration") else ""
         lines.append(f"- Validation: `{v['path']}`{held}, {v['samples']} samples")
     lines.append("")
-    header, rows = summary_rows(report)
+    header, rows = validate_rows(report) if report["command"] == "validate" else summary_rows(report)
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     lines.extend("| " + " | ".join(r) + " |" for r in rows)

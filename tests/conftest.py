@@ -342,3 +342,73 @@ def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
     a = a.reshape(len(a), -1).astype(np.float64)
     b = b.reshape(len(b), -1).astype(np.float64)
     return float(np.mean(np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
+
+
+# --- PyTorch and ONNX fixture models (builders in tiny_models.py) ---------------------------------
+
+
+@pytest.fixture(scope="session")
+def torch_model(tmp_path_factory) -> Callable[..., tuple]:
+    """Factory: ``(name) -> (spec, weights, reference module)`` for a tiny PyTorch model.
+
+    ``spec`` is ``".../nets.py:build_<name>"``; ``weights`` a state_dict file with weights unlike the
+    builder's own; the reference is the same module built and loaded outside edgeopt.
+    """
+    pytest.importorskip("torch")
+    import torch
+    import tiny_models
+
+    root = tmp_path_factory.mktemp("torch_models")
+    nets_file = tiny_models.write_torch_nets(root)
+    nets = tiny_models.import_nets(nets_file)
+    cache: Dict[str, tuple] = {}
+
+    def get(name: str) -> tuple:
+        if name not in cache:
+            module = getattr(nets, f"build_{name}")()
+            state = tiny_models.trained_state(module)
+            module.load_state_dict(state)
+            weights = root / f"{name}.pt"
+            torch.save(state, weights)
+            cache[name] = (f"{nets_file}:build_{name}", weights, module.eval())
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def onnx_model(tmp_path_factory) -> Callable[..., pathlib.Path]:
+    """Factory: ``(name, batch=None) -> path`` of a tiny ONNX model (NCHW) saved once per session."""
+    pytest.importorskip("onnx")
+    import onnx
+    import tiny_models
+
+    root = tmp_path_factory.mktemp("onnx_models")
+    cache: Dict[tuple, pathlib.Path] = {}
+
+    def get(name: str, batch: int | None = None) -> pathlib.Path:
+        if (name, batch) not in cache:
+            path = root / f"{name}{'' if batch is None else f'_b{batch}'}.onnx"
+            onnx.save(tiny_models.build_onnx(name, batch=batch), str(path))
+            cache[(name, batch)] = path
+        return cache[(name, batch)]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def nchw_calib(tmp_path_factory) -> Callable[..., pathlib.Path]:
+    """Factory: ``(name, n=CALIB_SAMPLES, seed=1) -> .npz`` of NCHW inputs for the PyTorch/ONNX models."""
+    import tiny_models
+
+    root = tmp_path_factory.mktemp("nchw_calib")
+    cache: Dict[tuple, pathlib.Path] = {}
+
+    def get(name: str, n: int = CALIB_SAMPLES, seed: int = 1) -> pathlib.Path:
+        if (name, n, seed) not in cache:
+            path = root / f"{name}_{n}_{seed}.npz"
+            np.savez(path, **tiny_models.random_feed(name, n, seed=seed))
+            cache[(name, n, seed)] = path
+        return cache[(name, n, seed)]
+
+    return get

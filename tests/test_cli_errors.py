@@ -124,8 +124,9 @@ def test_unknown_recipe_key(workspace):
 
 @pytest.fixture(scope="module")
 def conv_tflite(tmp_path_factory, saved_model) -> Path:
-    edgeopt = pytest.importorskip("edgeopt")
     pytest.importorskip("tensorflow")
+    import edgeopt
+
     out = tmp_path_factory.mktemp("tflite")
     result = edgeopt.compress(saved_model("conv"), precision="fp32", validate=False, output=out)
     return result.files["conv_fp32.tflite"]
@@ -233,9 +234,11 @@ def test_lambda_layer_converts_with_trust(workspace, saved_model, calib_file):
 
 @pytest.mark.slow
 def test_saved_model_needs_trust(workspace, tmp_path_factory):
-    keras_builders = pytest.importorskip("conftest")
+    pytest.importorskip("tensorflow")
+    from conftest import build_model
+
     folder = tmp_path_factory.mktemp("exported") / "conv_saved"
-    keras_builders.build_model("conv").export(str(folder), verbose=False)
+    build_model("conv").export(str(folder), verbose=False)
     before = snapshot(workspace)
     proc = run_cli("compress", folder, "-o", workspace / "out", "-q", cwd=workspace)
     assert_refused(proc, 3, "Refusing to load the SavedModel", "--trust-model")

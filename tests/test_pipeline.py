@@ -80,8 +80,9 @@ def test_int8_report_contract(int8_run, saved_model, name):
 
     on_disk = json.loads((result.output_dir / "report.json").read_text())
     assert on_disk == json.loads(json.dumps(report))
-    assert sorted(result.files) == sorted([f"{name}_int8.tflite", "report.json", "report.md", "recipe.yaml"])
-    assert not any(p.name.startswith(STAGE_PREFIX) for p in result.output_dir.parent.rglob("*"))
+    expected_files = sorted([f"{name}_int8.tflite", "report.json", "report.md", "recipe.yaml"])
+    assert sorted(result.files) == expected_files
+    assert sorted(p.name for p in result.output_dir.iterdir()) == expected_files  # no stage left behind
 
     assert report["schema_version"] == 1
     assert report["source"]["path"] == str(source_path)
@@ -182,6 +183,15 @@ def test_same_inputs_give_the_same_artifact(int8_run, saved_model, calib_file, v
     name = "residual_int8.tflite"
     assert _sha256(again.files[name]) == _sha256(first.files[name])
     assert again.report["calibration"]["sha256"] == first.report["calibration"]["sha256"]
+
+
+def test_content_decides_and_a_misleading_suffix_is_noted(saved_model, calib_file, tmp_path):
+    renamed = tmp_path / "conv_v3.h5"
+    renamed.write_bytes(saved_model("conv", ".keras").read_bytes())
+    result = edgeopt.compress(renamed, calib=calib_file("conv"), validate=False, output=tmp_path / "out")
+    assert result.report["source"]["format"] == "keras"
+    assert "'conv_v3.h5' is named like a .h5 file but holds a keras model; using keras." in result.report["notes"]
+    assert result.artifacts[0]["ops"]["full_integer"] is True
 
 
 # --- other precisions and options ----------------------------------------------------------

@@ -96,8 +96,12 @@ def import_nets(path: pathlib.Path):
     """The nets module imported from ``path`` (separately from edgeopt, as an independent reference)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(f"reference_nets_{abs(hash(str(path)))}", path)
+    import sys
+
+    name = f"reference_nets_{abs(hash(str(path)))}"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # so that torch.save can pickle whole modules built from it
     spec.loader.exec_module(module)
     return module
 
@@ -221,4 +225,24 @@ def run_onnx(path, feed: Dict[str, np.ndarray]) -> list:
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
-    return session.run(None, {n: feed[n] for n in names})
+    if session.get_inputs()[0].shape[0] != 1:
+        return session.run(None, {n: feed[n] for n in names})
+    # Artifacts have a static batch of 1, as edge runtimes run them.
+    count = len(feed[names[0]])
+    parts = [session.run(None, {n: feed[n][i:i + 1] for n in names}) for i in range(count)]
+    return [np.concatenate(outs) for outs in zip(*parts)]
+
+
+def calib_subset(path, inputs, samples: int = 40):
+    """edgeopt's calibration subset of an .npz for a loaded model's inputs (what exporters take)."""
+    from edgeopt import calibration
+
+    subset, _ = calibration.select(calibration.open_data(path, inputs), samples=samples, seed=0)
+    return subset
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean per-sample cosine similarity."""
+    a = a.reshape(len(a), -1).astype(np.float64)
+    b = b.reshape(len(b), -1).astype(np.float64)
+    return float(np.mean(np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))

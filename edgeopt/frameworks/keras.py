@@ -7,7 +7,10 @@ the file. ``trust=True`` lifts that check for models whose origin the user vouch
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,9 @@ CODE_LAYERS = {"Lambda", "TFOpLambda", "SlicingOpLambda"}
 VOCABULARY_LAYERS = {"StringLookup", "IntegerLookup", "TextVectorization"}
 MODEL_CLASSES = {"Functional", "Sequential", "Model"}
 TRUST_HINT = "Pass --trust-model only if you trust where this file came from; loading it can run its code."
+# Keras picks its reader by the end of the file name, edgeopt by content: these are the endings
+# under which Keras reads each format.
+KERAS_SUFFIXES = {Format.KERAS_H5: (".h5", ".hdf5"), Format.KERAS_V3: (".keras",)}
 
 
 def read_config(path: Path, fmt: Format) -> dict[str, Any]:
@@ -96,11 +102,29 @@ def load(path: Path, fmt: Format, *, trust: bool = False) -> LoadedModel:
     try:
         # Trust applies to this file only: safe_mode per call, never Keras' process-wide switch,
         # which would leave every later load in the process unguarded.
-        model = keras.models.load_model(path, compile=False, safe_mode=not trust)
+        with _named_for_keras(path, fmt) as readable:
+            model = keras.models.load_model(readable, compile=False, safe_mode=not trust)
     except Exception as exc:  # Keras raises many types for broken files; all mean the same here
         raise InputRejected(f"Keras could not load '{path}': {type(exc).__name__}: {exc}",
                             hint="The file may be corrupt, truncated, or need custom objects.") from exc
     return KerasModel(path, fmt, model)
+
+
+@contextlib.contextmanager
+def _named_for_keras(path: Path, fmt: Format) -> Iterator[Path]:
+    """``path``, or a link to it whose name tells Keras what the content is (a .keras archive
+    saved as model.h5 would otherwise go to the HDF5 reader and fail)."""
+    suffixes = KERAS_SUFFIXES[fmt]
+    if str(path).endswith(suffixes):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="edgeopt-") as tmp:
+        link = Path(tmp) / f"{path.stem}{suffixes[0]}"
+        try:
+            link.symlink_to(path.resolve())
+        except OSError:  # no symlinks on this file system: Keras reads the whole file anyway
+            shutil.copyfile(path, link)
+        yield link
 
 
 class KerasModel(LoadedModel):

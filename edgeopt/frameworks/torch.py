@@ -73,7 +73,10 @@ def load(path: Path | str, fmt: Format, *, trust: bool = False, weights: Path | 
         module = _load_archive(torch, Path(path), fmt, trust=trust)
         stem, origin = Path(path).stem, str(path)
         files.append(Path(path))
-    module.eval()
+    try:
+        module.eval()
+    except NotImplementedError:  # a torch.export program is fixed in the mode it was exported in
+        pass
     names = input_names(module)
     inputs = _input_specs(names, input_shapes, calib, origin)
     return TorchModel(torch, module, fmt, inputs, files=files, stem=stem, notes=notes, origin=origin)
@@ -315,8 +318,9 @@ def _few(keys: list[str], limit: int = 5) -> str:
 
 
 def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    # PyTorch often opens with a heading ("Error(s) in loading state_dict for Net:"); keep what follows.
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return " ".join(lines[:3]) if lines else type(exc).__name__
 
 
 def _flatten(out: Any) -> list[Any]:
@@ -336,6 +340,8 @@ class TorchModel(LoadedModel):
         self.native = module
         self.origin = origin
         self._inputs = inputs
+        # A torch.export program keeps the shape guards it was exported with, usually batch 1.
+        self._max_batch = 1 if fmt is Format.TORCH_EXPORT else None
         try:
             with torch.no_grad():
                 raw = module(*self.example_inputs())
@@ -363,6 +369,7 @@ class TorchModel(LoadedModel):
         torch = self._torch
         names = self.handle.input_names
         count = len(feed[names[0]])
+        batch_size = self._max_batch or batch_size
         chunks: list[list[np.ndarray]] = []
         with torch.no_grad():
             for start in range(0, count, batch_size):

@@ -204,3 +204,21 @@ def test_config_json_is_what_keras_saved(saved_model):
     with zipfile.ZipFile(path) as zf:
         raw = json.loads(zf.read("config.json"))
     assert kf.read_config(path, Format.KERAS_V3) == raw
+
+
+@pytest.mark.parametrize("suffix, misleading, fmt", [
+    (".keras", "model.h5", Format.KERAS_V3),  # a Keras 3 archive under a legacy name
+    (".h5", "model.keras", Format.KERAS_H5),  # legacy HDF5 under the new name
+    (".keras", "model.bin", Format.KERAS_V3),
+])
+def test_content_not_name_decides_how_keras_reads(saved_model, tmp_path, suffix, misleading, fmt):
+    path = tmp_path / misleading
+    path.write_bytes(saved_model("conv", suffix).read_bytes())
+    assert detect_format(path) is fmt
+    loaded = _load(path)
+    assert loaded.handle.path == path and loaded.handle.format is fmt
+    feed = random_inputs(loaded.native, 2, seed=6)
+    (out,) = loaded.predict(feed)
+    expected = keras.ops.convert_to_numpy(build_model("conv")(feed["image"], training=False))
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [misleading]  # nothing left beside it

@@ -1,0 +1,233 @@
+"""`edgeopt validate`: measure artifacts side by side against a reference on one device.
+
+Every artifact (and the reference, when it can run) is loaded in its own runtime, fed the same
+samples in its own layout, compared with the reference output, and timed interleaved with the
+others under one protocol. The report has the same schema as compress's.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgeopt import calibration as cal
+from edgeopt import registry
+from edgeopt.errors import InputRejected, UsageError
+from edgeopt.formats import SOURCE_FORMATS, detect_format
+from edgeopt.model import Format
+from edgeopt.targets.base import Session
+from edgeopt.validate import fidelity as fid
+from edgeopt.validate.devices import parse_device, require_gpu
+from edgeopt.validate.latency import measure_interleaved
+
+RUNTIME_OF = {Format.TFLITE: "tflite", Format.ONNX: "onnx", Format.OPENVINO: "openvino"}
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    artifacts: tuple[Path, ...]
+    val: Path
+    reference: Path | None = None
+    device: str = "cpu"
+    threads: int | None = None
+    runs: int = 200
+    warmup: int = 10
+    time_budget_s: float | None = None
+    metric: str | None = None
+    trust_model: bool = False
+    seed: int = 0
+    max_samples: int = 2000
+
+
+def load_metric(spec: str) -> Callable[[list[np.ndarray], np.ndarray | None], dict[str, float]]:
+    """``path/to/metric.py:fn`` -> fn(outputs, labels) returning named floats."""
+    file, _, name = spec.rpartition(":")
+    path = Path(file)
+    if not file or not name or path.suffix != ".py":
+        raise UsageError(f"--metric must be FILE.py:FUNCTION; got '{spec}'.")
+    if not path.is_file():
+        raise InputRejected(f"The metric file '{path}' does not exist.")
+    module_spec = importlib.util.spec_from_file_location(f"edgeopt_metric_{abs(hash(path.resolve()))}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:  # the user's file may raise anything on import
+        raise InputRejected(f"Importing the metric file '{path}' raised {type(exc).__name__}: {exc}") from exc
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise InputRejected(f"'{path}' defines no function '{name}'.")
+    return fn
+
+
+def _call_metric(fn, spec: str, outputs: list[np.ndarray], labels: np.ndarray | None) -> dict[str, float]:
+    try:
+        values = fn(outputs, labels)
+    except Exception as exc:
+        raise InputRejected(f"The metric '{spec}' raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(values, dict) or not all(isinstance(v, (int, float)) for v in values.values()):
+        raise InputRejected(f"The metric '{spec}' must return a dict of names to numbers; got {type(values).__name__}.")
+    return {str(k): float(v) for k, v in values.items()}
+
+
+class SourceSession(Session):
+    """A source model (Keras, PyTorch, ONNX) in its own framework, timed like any artifact."""
+
+    def __init__(self, model, load_seconds: float) -> None:
+        self.model = model
+        self.inputs = model.handle.inputs
+        self.outputs = model.handle.outputs
+        self.threads = 0  # the framework's own threading
+        self.load_seconds = load_seconds
+        self._feed: dict[str, np.ndarray] = {}
+
+    def prepare(self, feed: dict[str, np.ndarray]) -> None:
+        self._feed = feed
+
+    def run_raw(self) -> None:
+        self.model.predict(self._feed)
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.model.predict(feed)
+
+
+def rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+
+
+def open_any(path: Path, *, threads: int | None, input_names: list[str] | None, device: str,
+             trust: bool) -> tuple[Session, str, Any]:
+    """A session for an artifact or a source model; returns (session, kind, loaded source or None)."""
+    fmt = detect_format(path)
+    if fmt in RUNTIME_OF:
+        if device == "gpu":
+            require_gpu(RUNTIME_OF[fmt])
+        opener = registry.resolve("runtime", RUNTIME_OF[fmt])
+        return opener(path, threads=threads, input_names=input_names), RUNTIME_OF[fmt], None
+    if fmt in SOURCE_FORMATS:
+        from edgeopt.pipeline import load_source
+
+        if device == "gpu":
+            require_gpu(fmt.framework)
+        start = time.perf_counter()
+        model, _notes = load_source(path, trust=trust)
+        return SourceSession(model, time.perf_counter() - start), model.handle.framework, model
+    raise InputRejected(f"'{path}' is a {fmt.value} file, which edgeopt cannot run.")
+
+
+def validate(config: ValidateConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    say = progress or (lambda _m: None)
+    device = parse_device(config.device)
+    if device.kind == "ssh":
+        raise UsageError("Remote validation over ssh:// is not available in this version of edgeopt.",
+                         hint="Validate with --device cpu here, or run edgeopt validate on the device itself.")
+    if not config.artifacts:
+        raise UsageError("Give at least one artifact to validate.")
+    reference = None
+    ref_session = None
+    if config.reference is not None:
+        say(f"Loading the reference {config.reference}")
+        ref_session, _kind, reference = open_any(config.reference, threads=config.threads, input_names=None,
+                                                 device="cpu", trust=config.trust_model)
+    names = reference.handle.input_names if reference is not None else None
+    sessions: dict[str, Session] = {}
+    kinds: dict[str, str] = {}
+    memory: dict[str, float] = {}
+    for path in config.artifacts:
+        say(f"Loading {path}")
+        session, kind, _ = open_any(path, threads=config.threads, input_names=names, device=device.kind,
+                                    trust=config.trust_model)
+        label = path.name if path.name not in sessions else str(path)
+        sessions[label], kinds[label] = session, kind
+        memory[label] = rss_mb()
+    inputs = reference.handle.inputs if reference is not None else next(iter(sessions.values())).inputs
+    say("Checking the validation data")
+    source = cal.open_data(config.val, inputs, role="validation")
+    val, _ = cal.select(source, samples=min(source.count, config.max_samples), seed=config.seed)
+    val.check_finite()
+    say(f"Running {len(sessions)} artifact(s) on {len(val)} samples")
+    outputs = {label: s.run_many(val) for label, s in sessions.items()}
+    ref_out = ref_session.run_many(val) if ref_session is not None else None
+    ref_label = "reference" if ref_out is not None else next(iter(sessions))
+    if ref_out is None:
+        ref_out = outputs[ref_label]
+    labels = val.labels()
+    metric = load_metric(config.metric) if config.metric else None
+    say(f"Measuring latency ({config.runs} interleaved runs after {config.warmup} warm-up)")
+    stats = measure_interleaved(sessions, next(iter(val)), runs=config.runs, warmup=config.warmup,
+                                time_budget_s=config.time_budget_s)
+    artifacts = []
+    for label, session in sessions.items():
+        path = next(p for p in config.artifacts if label in (p.name, str(p)))
+        entry: dict[str, Any] = {
+            "target": kinds[label], "device": device.kind, "path": str(path), "precision": _precision(session),
+            "size_bytes": _size(path), "latency_ms": stats[label].to_dict(),
+            "load_seconds": round(session.load_seconds, 4), "peak_rss_mb": round(memory[label], 1),
+            "fidelity": fid.fidelity(ref_out, outputs[label]),
+        }
+        if labels is not None and fid.is_classifier(outputs[label][0]):
+            entry["accuracy"] = fid.accuracy(outputs[label][0], labels)
+        if metric is not None:
+            entry["metrics"] = _call_metric(metric, config.metric, outputs[label], labels)
+        if hasattr(session, "fallback_ops"):
+            entry["cpu_fallback_ops"] = session.fallback_ops()
+        artifacts.append(entry)
+    ref_entry = {"path": str(config.reference or config.artifacts[0]), "compared_against": ref_label}
+    if labels is not None and fid.is_classifier(ref_out[0]):
+        ref_entry["accuracy"] = fid.accuracy(ref_out[0], labels)
+    notes = [f"{label}: latency spread is wide (p90 > 1.5 x p50); re-run on a quiet machine before trusting it."
+             for label, st in stats.items() if st.unstable]
+    return {"artifacts": artifacts, "reference": ref_entry, "labels": labels is not None, "notes": notes,
+            "inputs": [t.describe() for t in inputs],
+            "outputs": [t.describe() for t in (reference.handle.outputs if reference is not None
+                                               else next(iter(sessions.values())).outputs)],
+            "validation": {"path": str(config.val), "samples": len(val), "seed": config.seed,
+                           "sha256": val.sha256(), "labels": labels is not None}}
+
+
+def _precision(session: Session) -> str:
+    summary = getattr(session, "precision", None)
+    return summary() if callable(summary) else "unknown"
+
+
+def _size(path: Path) -> int:
+    if path.suffix == ".xml" and path.with_suffix(".bin").exists():
+        return path.stat().st_size + path.with_suffix(".bin").stat().st_size
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def run(config: ValidateConfig, out_dir: Path, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Validate, then write report.json, report.md and report.html to ``out_dir`` atomically."""
+    from edgeopt.outputs import OutputStage, check_output_dir
+    from edgeopt.pipeline import sha256_of
+    from edgeopt.report import envelope, render_markdown, write_json
+    from edgeopt.report_html import render_html
+
+    check_output_dir(out_dir)
+    started = time.perf_counter()
+    result = validate(config, progress)
+    origin = config.reference or config.artifacts[0]
+    fmt = detect_format(origin)
+    body = {"source": {"path": str(origin), "format": fmt.value, "sha256": sha256_of(origin), "inputs": result["inputs"],
+                       "outputs": result["outputs"]},
+            "reference": result["reference"], "artifacts": result["artifacts"], "validation": result["validation"]}
+    settings = {k: (str(v) if isinstance(v, Path) else [str(p) for p in v] if isinstance(v, tuple) else v)
+                for k, v in vars(config).items()}
+    report = envelope("validate", body, settings=settings, notes=result["notes"],
+                      wall_seconds=time.perf_counter() - started)
+    with OutputStage(out_dir) as stage:
+        write_json(stage.path("report.json"), report)
+        stage.path("report.md").write_text(render_markdown(report), encoding="utf-8")
+        stage.path("report.html").write_text(render_html(report), encoding="utf-8")
+        stage.commit()
+    return report

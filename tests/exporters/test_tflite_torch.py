@@ -1,0 +1,86 @@
+"""PyTorch -> TFLite through litert-torch and ai-edge-quantizer: float accuracy, full-integer int8
+with float or int8 I/O, fp16 weights, and the NCHW layout kept from the source."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("litert_torch")
+pytest.importorskip("ai_edge_quantizer")
+
+import tiny_models  # noqa: E402
+from conftest import assert_full_integer, run_tflite, tflite_ops  # noqa: E402
+from edgeopt.exporters import tflite_torch  # noqa: E402
+from edgeopt.formats import detect_format  # noqa: E402
+from edgeopt.model import Format  # noqa: E402
+
+pytestmark = pytest.mark.slow  # litert-torch takes seconds to import and convert
+
+FP32_ATOL = 1e-4
+INT8_MIN_COSINE = 0.98
+VAL = 16
+
+
+def _source(torch_model, name):
+    from edgeopt.frameworks import torch as torch_loader
+
+    spec, weights, _ = torch_model(name)
+    return torch_loader.load(spec, Format.TORCH_MODULE, weights=weights,
+                             input_shapes={k: (1, *v) for k, v in tiny_models.INPUTS[name].items()})
+
+
+def _by_position(path, feed):
+    """The TFLite signature calls inputs args_0, args_1...: feed them in forward() order."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    names = [d["name"] for d in Interpreter(model_path=str(path)).get_input_details()]
+    ordered = sorted(names, key=lambda n: int(n.rsplit("_", 1)[-1]))
+    return {tfl: feed[src] for tfl, src in zip(ordered, feed)}
+
+
+def test_fp32_matches_source_and_keeps_nchw(torch_model, tmp_path):
+    source = _source(torch_model, "residual")
+    result = tflite_torch.export_torch(source, tmp_path / "m.tflite", precision="fp32")
+    assert result.precision == "fp32" and detect_format(result.path) is Format.TFLITE
+    from ai_edge_litert.interpreter import Interpreter
+
+    (detail,) = Interpreter(model_path=str(result.path)).get_input_details()
+    assert tuple(detail["shape"]) == (1, 3, 16, 16)
+    feed = tiny_models.random_feed("residual", VAL, seed=7)
+    assert np.abs(run_tflite(result.path, _by_position(result.path, feed)) - source.predict(feed)[0]).max() < FP32_ATOL
+
+
+@pytest.mark.parametrize("int8_io", [False, True])
+def test_int8_two_input_is_full_integer(int8_io, torch_model, nchw_calib, tmp_path):
+    source = _source(torch_model, "two_input")
+    calib = tiny_models.calib_subset(nchw_calib("two_input"), source.handle.inputs)
+    result = tflite_torch.export_torch(source, tmp_path / "m.tflite", precision="int8", calib=calib,
+                                       int8_io=int8_io)
+    assert result.precision == "int8"
+    assert_full_integer(result.path)
+    ops = tflite_ops(result.path)
+    from ai_edge_litert.interpreter import Interpreter
+
+    io_dtypes = {d["dtype"] for d in Interpreter(model_path=str(result.path)).get_input_details()}
+    assert io_dtypes == ({np.int8} if int8_io else {np.float32})
+    assert ("QUANTIZE" in [op[0] for op in ops]) != int8_io
+    feed = tiny_models.random_feed("two_input", VAL, seed=7)
+    out = run_tflite(result.path, _by_position(result.path, feed))
+    assert tiny_models.cosine(out, source.predict(feed)[0]) >= INT8_MIN_COSINE
+
+
+def test_fp16_and_dynamic(torch_model, tmp_path):
+    source = _source(torch_model, "depthwise")
+    half = tflite_torch.export_torch(source, tmp_path / "h.tflite", precision="fp16")
+    assert half.precision == "fp16"
+    assert any(np.float16 in inputs for _name, inputs, _outs in tflite_ops(half.path))
+    dynamic = tflite_torch.export_torch(source, tmp_path / "d.tflite", precision="int8")
+    assert dynamic.precision == "int8-dynamic"
+    conv_weights = [inputs[1] for name, inputs, _outs in tflite_ops(dynamic.path) if name == "CONV_2D"]
+    assert conv_weights and all(d == np.int8 for d in conv_weights)
+    feed = tiny_models.random_feed("depthwise", VAL, seed=7)
+    ref = source.predict(feed)[0]
+    assert np.abs(run_tflite(half.path, _by_position(half.path, feed)) - ref).max() < 1e-2
+    assert tiny_models.cosine(run_tflite(dynamic.path, _by_position(dynamic.path, feed)), ref) >= INT8_MIN_COSINE
