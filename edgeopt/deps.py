@@ -40,6 +40,28 @@ _QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow", "GRPC_
 _NOISY = {"tensorflow", "keras", "tf2onnx", "ai_edge_litert", "litert_torch", "ai_edge_quantizer"}
 
 
+# OpenVINO's converter and NNCF send usage telemetry over the network, from a forked process,
+# and write an id under ~/intel, unless they believe they run in CI. They decide on import and
+# on every convert_model call; a local tool must not phone home.
+_NO_TELEMETRY_ENV = {"CI": "true", "NNCF_CI": "1"}
+_NO_TELEMETRY = {"openvino", "nncf"}
+
+
+@contextlib.contextmanager
+def no_telemetry() -> Iterator[None]:
+    """Run OpenVINO/NNCF calls with their telemetry declined; the environment is restored after."""
+    saved = {key: os.environ.get(key) for key in _NO_TELEMETRY_ENV}
+    os.environ.update(_NO_TELEMETRY_ENV)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 @contextlib.contextmanager
 def quiet_stderr() -> Iterator[None]:
     """Silence file descriptor 2 (C++ logs) unless --debug asked for everything."""
@@ -62,6 +84,10 @@ def require(module: str, purpose: str) -> ModuleType:
     for key, value in _QUIET_ENV.items():
         os.environ.setdefault(key, value)
     try:
+        top = module.split(".")[0]
+        if top in _NO_TELEMETRY and top not in sys.modules:
+            with no_telemetry():
+                importlib.import_module(top)
         if module.split(".")[0] in _NOISY and module not in sys.modules:
             with quiet_stderr():
                 imported = importlib.import_module(module)

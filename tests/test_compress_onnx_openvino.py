@@ -21,6 +21,14 @@ FAST = {"runs": 5, "warmup": 1}
 INT8_MIN_COSINE = 0.98
 
 
+def _require_openvino() -> None:
+    from edgeopt.deps import no_telemetry
+
+    with no_telemetry():  # importing OpenVINO or NNCF otherwise reports usage over the network
+        pytest.importorskip("openvino")
+        pytest.importorskip("nncf")
+
+
 def _no_leftovers(folder: Path) -> None:
     assert not [p for p in folder.rglob("*") if p.name.startswith((STAGE_PREFIX, ".edgeopt-", "."))]
 
@@ -32,7 +40,8 @@ def test_torch_to_onnx(torch_model, nchw_calib, tmp_path):
     spec, weights, reference = torch_model("residual")
     out = tmp_path / "out"
     result = edgeopt.compress(spec, target="onnx", weights=weights, calib=nchw_calib("residual"), output=out, **FAST)
-    assert sorted(result.files) == ["nets_int8.onnx", "recipe.yaml", "report.json", "report.md"]
+    assert {"nets_int8.onnx", "recipe.yaml", "report.json"} <= set(result.files)
+    assert not [f for f in result.files if f.endswith((".onnx", ".xml", ".bin")) and f != "nets_int8.onnx"]
     _no_leftovers(out)
     (artifact,) = json.loads((out / "report.json").read_text())["artifacts"]
     assert artifact["target"] == "onnx" and artifact["precision"] == "int8"
@@ -54,13 +63,12 @@ def test_torch_to_onnx(torch_model, nchw_calib, tmp_path):
 
 @pytest.mark.slow
 def test_onnx_to_openvino(onnx_model, nchw_calib, tmp_path):
-    pytest.importorskip("openvino")
-    pytest.importorskip("nncf")
+    _require_openvino()
     out = tmp_path / "out"
     result = edgeopt.compress(onnx_model("depthwise"), target="openvino", calib=nchw_calib("depthwise"),
                               output=out, **FAST)
-    assert sorted(result.files) == ["depthwise_int8.bin", "depthwise_int8.xml", "recipe.yaml", "report.json",
-                                    "report.md"]
+    assert {"depthwise_int8.bin", "depthwise_int8.xml", "recipe.yaml", "report.json"} <= set(result.files)
+    assert not [f for f in result.files if f.endswith((".onnx", ".xml", ".bin")) and not f.startswith("depthwise_int8")]
     _no_leftovers(out)
     (artifact,) = result.artifacts
     assert artifact["path"] == str(out / "depthwise_int8.xml") and artifact["precision"] == "int8"
@@ -73,7 +81,7 @@ def test_onnx_to_openvino(onnx_model, nchw_calib, tmp_path):
 @pytest.mark.slow
 def test_keras_to_onnx_and_openvino_in_one_run(saved_model, calib_file, tmp_path):
     pytest.importorskip("tf2onnx")
-    pytest.importorskip("openvino")
+    _require_openvino()
     out = tmp_path / "out"
     result = edgeopt.compress(saved_model("two_input"), target="onnx,openvino", calib=calib_file("two_input"),
                               output=out, **FAST)
@@ -137,7 +145,7 @@ def test_onnx_to_tflite_has_no_route(onnx_model, tmp_path):
 
 def test_int8_artifacts_are_smaller_and_full_integer_on_a_wider_model(tmp_path):
     """Tiny models are dominated by quantization parameters; a wider one shows the 4x weight saving."""
-    pytest.importorskip("openvino")
+    _require_openvino()
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
 

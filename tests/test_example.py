@@ -37,6 +37,12 @@ def _cli(*args, cwd: Path) -> subprocess.CompletedProcess:
     return proc
 
 
+def _assert_outputs(out: Path) -> None:
+    names = {p.name for p in out.iterdir()}
+    assert {ARTIFACT, "recipe.yaml", "report.json", "report.md"} <= names
+    assert not [n for n in names if n.startswith(".")]  # no staging or temp files left
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -59,7 +65,7 @@ def example_run(tmp_path_factory):
 def test_exit_zero_and_outputs(example_run):
     proc, out, _ = example_run
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in out.iterdir()) == sorted([ARTIFACT, "recipe.yaml", "report.json", "report.md"])
+    _assert_outputs(out)
     assert f"{ARTIFACT}: full integer" in proc.stdout
     assert "Outputs in out" in proc.stdout
 
@@ -110,4 +116,4 @@ def test_recipe_rerun_reproduces_the_artifact(example_run):
     assert again["calibration"] == first["calibration"]
     assert again["settings"] == first["settings"]
     assert again["artifacts"][0]["fidelity"] == first["artifacts"][0]["fidelity"]
-    assert sorted(p.name for p in out.iterdir()) == sorted([ARTIFACT, "recipe.yaml", "report.json", "report.md"])
+    _assert_outputs(out)

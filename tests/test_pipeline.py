@@ -80,9 +80,9 @@ def test_int8_report_contract(int8_run, saved_model, name):
 
     on_disk = json.loads((result.output_dir / "report.json").read_text())
     assert on_disk == json.loads(json.dumps(report))
-    expected_files = sorted([f"{name}_int8.tflite", "report.json", "report.md", "recipe.yaml"])
-    assert sorted(result.files) == expected_files
-    assert sorted(p.name for p in result.output_dir.iterdir()) == expected_files  # no stage left behind
+    assert {f"{name}_int8.tflite", "report.json", "report.md", "recipe.yaml"} <= set(result.files)
+    # The folder holds exactly what the run says it wrote: no stage or temp file left behind.
+    assert sorted(p.name for p in result.output_dir.iterdir()) == sorted(result.files)
 
     assert report["schema_version"] == 1
     assert report["source"]["path"] == str(source_path)

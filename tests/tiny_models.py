@@ -178,7 +178,8 @@ def build_onnx(name: str, *, batch: int | None = None, weights_as_constants: boo
     dim0 = batch if batch is not None else "batch"
     inputs = [helper.make_tensor_value_info(k, TensorProto.FLOAT, [dim0, *s]) for k, s in INPUTS[name].items()]
     if name == "residual":
-        x = g.node("Conv", ["image", g.weight("conv1.w", (8, 3, 3, 3)), g.weight("conv1.b", (8,))], "conv1", pads=[1] * 4)
+        x = g.node("Conv", ["image", g.weight("conv1.w", (8, 3, 3, 3)), g.weight("conv1.b", (8,))], "conv1",
+                   pads=[1] * 4)
         x = g.node("Relu", [x], "relu1")
         y = g.node("Conv", [x, g.weight("conv2.w", (8, 8, 3, 3)), g.weight("conv2.b", (8,))], "conv2", pads=[1] * 4)
         x = g.node("Relu", [g.node("Add", [x, y], "skip_add")], "relu2")

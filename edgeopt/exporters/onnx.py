@@ -45,8 +45,9 @@ def export_torch(source: LoadedModel, out: Path, *, precision: str, calib: Subse
 def export_onnx(source: LoadedModel, out: Path, *, precision: str, calib: Subset | None = None,
                 int8_io: bool = False) -> ExportResult:
     if getattr(source, "quantized", False):
-        # Quantizing a quantized graph again stacks errors; hand back the model as it is.
-        shutil.copyfile(source.handle.path, out)
+        # Quantizing a quantized graph again stacks errors; hand back the model as it is, with any
+        # external weights folded in so the artifact is one file.
+        _save(require("onnx", "Writing ONNX models"), source.native, out, source)
         note = f"'{source.handle.path.name}' is already quantized: copied unchanged, not quantized again."
         return ExportResult(out, "source-quantized", [note] if precision != "fp32" else [])
     return _finish(_cleaned(source), source, out, precision=precision, calib=calib, int8_io=int8_io)

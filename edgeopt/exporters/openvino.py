@@ -2,9 +2,9 @@
 
 ONNX files and SavedModel folders go to ``openvino.convert_model`` directly; a Keras model goes
 through ONNX (tf2onnx), or a SavedModel if that fails (``convert_model`` cannot take a Keras 3
-object); a PyTorch module is traced with its example inputs. Inputs get a static batch of 1, as the other artifacts have.
-int8 is NNCF post-training quantization on the calibration data; without data, weights alone are
-compressed to int8.
+object); a PyTorch module is traced with its example inputs. Inputs get a static batch of 1, as
+the other artifacts have. int8 is NNCF post-training quantization on the calibration data;
+without data, weights alone are compressed to int8.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeopt.calibration import Subset
-from edgeopt.deps import quiet_stderr, require
+from edgeopt.deps import no_telemetry, quiet_stderr, require
 from edgeopt.errors import ConversionError
 from edgeopt.exporters.base import ExportResult, conversion_failure
 from edgeopt.frameworks.base import LoadedModel
@@ -49,6 +49,12 @@ def export_torch(source: LoadedModel, out: Path, *, precision: str, calib: Subse
 
 def _export(convert: Callable[[Any, LoadedModel, Path], Any], source: LoadedModel, out: Path, *, precision: str,
             calib: Subset | None, int8_io: bool, label: str | None = None) -> ExportResult:
+    with no_telemetry():
+        return _export_quietly(convert, source, out, precision=precision, calib=calib, int8_io=int8_io, label=label)
+
+
+def _export_quietly(convert: Callable[[Any, LoadedModel, Path], Any], source: LoadedModel, out: Path, *,
+                    precision: str, calib: Subset | None, int8_io: bool, label: str | None) -> ExportResult:
     ov = require("openvino", "Converting to OpenVINO IR")
     xml = out.with_suffix(".xml")
     notes = [INT8_IO_NOTE] if int8_io else []

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,9 @@ class _Rows:
 
 @contextlib.contextmanager
 def _quiet():
-    # Both tools print progress and size tables on stdout and C++ logs on stderr.
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), quiet_stderr():
+    # Both tools print progress and size tables on stdout, C++ logs on stderr, and the quantizer
+    # warns about its own calibration settings.
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), quiet_stderr(), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         yield

@@ -84,9 +84,10 @@ def load(path: Path | str, fmt: Format, *, trust: bool = False, weights: Path | 
 
 def _build(spec: str, files: list[Path]) -> tuple[Any, str, str]:
     torch = require("torch", "Loading PyTorch models")
-    target, attr = parse_spec(spec) or (None, None)
-    if target is None:
+    parsed = parse_spec(spec)
+    if parsed is None:
         raise UsageError(f"'{spec}' does not name Python code as FILE.py:NAME or package.module:NAME.")
+    target, attr = parsed
     if target.endswith(".py"):
         file = Path(target)
         if not file.is_file():

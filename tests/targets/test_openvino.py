@@ -8,8 +8,11 @@ import shutil
 import numpy as np
 import pytest
 
-ov = pytest.importorskip("openvino")
-pytest.importorskip("nncf")
+from edgeopt.deps import no_telemetry  # noqa: E402
+
+with no_telemetry():  # importing OpenVINO or NNCF otherwise reports usage over the network
+    ov = pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
 pytest.importorskip("onnx")
 
 import tiny_models  # noqa: E402
