@@ -217,12 +217,16 @@ def _run_and_show(config, quiet: bool) -> None:
 @click.option("--time-budget", type=click.FloatRange(min=0.1), help="Stop timing after this many seconds.")
 @click.option("--metric", help="A metric of your own: FILE.py:FUNCTION(outputs, labels) -> {name: value}.")
 @click.option("--trust-model", is_flag=True, help="Allow a reference model that carries code.")
+@click.option("--remote-python", default="python3", show_default=True, help="The device's Python (ssh:// only).")
+@click.option("--ssh-key", type=click.Path(path_type=Path), help="Identity file for ssh:// devices.")
+@click.option("--known-hosts", type=click.Path(path_type=Path),
+              help="known_hosts file for ssh:// devices [default: ssh's own]; unknown hosts are refused.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("edgeopt_out/validate"),
               show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @handle_errors
-def validate(artifacts, reference, val, device, threads, runs, warmup, time_budget, metric, trust_model, output,
-             quiet):
+def validate(artifacts, reference, val, device, threads, runs, warmup, time_budget, metric, trust_model,
+             remote_python, ssh_key, known_hosts, output, quiet):
     """Measure ARTIFACTS side by side: latency, fidelity against the reference, accuracy."""
     from rich.markup import escape
 
@@ -232,7 +236,8 @@ def validate(artifacts, reference, val, device, threads, runs, warmup, time_budg
 
     config = ValidateConfig(artifacts=tuple(artifacts), val=val, reference=reference, device=device,
                             threads=threads, runs=runs, warmup=warmup, time_budget_s=time_budget, metric=metric,
-                            trust_model=trust_model)
+                            trust_model=trust_model, remote_python=remote_python, ssh_identity=ssh_key,
+                            ssh_known_hosts=known_hosts)
     with steps(quiet) as progress:
         report = run(config, output, progress)
     header, rows = validate_rows(report)

@@ -40,8 +40,10 @@ def build_report(*, command: str, config, source, source_sha256: str, calibratio
         "path": str(source.handle.path), "format": source.handle.format.value, "sha256": source_sha256,
         "inputs": [t.describe() for t in source.handle.inputs],
         "outputs": [t.describe() for t in source.handle.outputs],
-        **{k: v for k, v in source.handle.metadata.items() if isinstance(v, (int, float, str))},
     }
+    # Metadata adds facts (params, MACs); it never overrides the contract's own keys.
+    source_entry.update({k: v for k, v in source.handle.metadata.items()
+                         if isinstance(v, (int, float, str)) and k not in source_entry})
     return envelope(command, {"source": source_entry, "reference": reference, "artifacts": artifacts,
                               "calibration": calibration, "validation": validation},
                     settings=config.model_dump(mode="json"), notes=notes, wall_seconds=wall_seconds)

@@ -13,6 +13,7 @@ from edgeopt.errors import InputRejected
 from edgeopt.frameworks.base import guess_layout
 from edgeopt.model import TensorSpec
 from edgeopt.targets.base import Session
+from edgeopt.validate.remote_runner import dequantize, quantize
 
 
 def default_threads() -> int:
@@ -89,17 +90,8 @@ class LiteRTSession(Session):
 
 
 def _quantize(value: np.ndarray, detail: dict) -> np.ndarray:
-    dtype = np.dtype(detail["dtype"])
-    scale, zero = detail["quantization"]
-    if dtype.kind in "iu" and scale:
-        info = np.iinfo(dtype)
-        q = np.round(value / scale + zero)
-        return np.clip(q, info.min, info.max).astype(dtype)
-    return value.astype(dtype, copy=False)
+    return quantize(value, detail["dtype"], *detail["quantization"])
 
 
 def _dequantize(value: np.ndarray, detail: dict) -> np.ndarray:
-    scale, zero = detail["quantization"]
-    if np.dtype(detail["dtype"]).kind in "iu" and scale:
-        return (value.astype(np.float32) - zero) * scale
-    return value.copy()
+    return dequantize(value, *detail["quantization"])

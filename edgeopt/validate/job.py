@@ -42,6 +42,9 @@ class ValidateConfig:
     time_budget_s: float | None = None
     metric: str | None = None
     trust_model: bool = False
+    remote_python: str = "python3"
+    ssh_identity: Path | None = None
+    ssh_known_hosts: Path | None = None
     seed: int = 0
     max_samples: int = 2000
 
@@ -126,9 +129,6 @@ def open_any(path: Path, *, threads: int | None, input_names: list[str] | None, 
 def validate(config: ValidateConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     say = progress or (lambda _m: None)
     device = parse_device(config.device)
-    if device.kind == "ssh":
-        raise UsageError("Remote validation over ssh:// is not available in this version of edgeopt.",
-                         hint="Validate with --device cpu here, or run edgeopt validate on the device itself.")
     if not config.artifacts:
         raise UsageError("Give at least one artifact to validate.")
     reference = None
@@ -143,8 +143,11 @@ def validate(config: ValidateConfig, progress: Callable[[str], None] | None = No
     memory: dict[str, float] = {}
     for path in config.artifacts:
         say(f"Loading {path}")
-        session, kind, _ = open_any(path, threads=config.threads, input_names=names, device=device.kind,
-                                    trust=config.trust_model)
+        session, kind, _ = open_any(path, threads=config.threads, input_names=names,
+                                    device="cpu" if device.kind == "ssh" else device.kind, trust=config.trust_model)
+        if device.kind == "ssh" and kind not in RUNTIME_OF.values():
+            raise UsageError(f"'{path}' is a {kind} source model; a remote device runs TFLite, ONNX or OpenVINO "
+                             "artifacts.", hint="Pass it as --reference instead.")
         label = path.name if path.name not in sessions else str(path)
         sessions[label], kinds[label] = session, kind
         memory[label] = rss_mb()
@@ -153,26 +156,33 @@ def validate(config: ValidateConfig, progress: Callable[[str], None] | None = No
     source = cal.open_data(config.val, inputs, role="validation")
     val, _ = cal.select(source, samples=min(source.count, config.max_samples), seed=config.seed)
     val.check_finite()
-    say(f"Running {len(sessions)} artifact(s) on {len(val)} samples")
-    outputs = {label: s.run_many(val) for label, s in sessions.items()}
+    if device.kind == "ssh":
+        say(f"Running {len(sessions)} artifact(s) on {device.public()}")
+        outputs, stats, loads = _on_remote(config, device, sessions, kinds, val)
+    else:
+        say(f"Running {len(sessions)} artifact(s) on {len(val)} samples")
+        outputs = {label: s.run_many(val) for label, s in sessions.items()}
+        say(f"Measuring latency ({config.runs} interleaved runs after {config.warmup} warm-up)")
+        stats = measure_interleaved(sessions, next(iter(val)), runs=config.runs, warmup=config.warmup,
+                                    time_budget_s=config.time_budget_s)
+        loads = {label: s.load_seconds for label, s in sessions.items()}
     ref_out = ref_session.run_many(val) if ref_session is not None else None
     ref_label = "reference" if ref_out is not None else next(iter(sessions))
     if ref_out is None:
         ref_out = outputs[ref_label]
     labels = val.labels()
     metric = load_metric(config.metric) if config.metric else None
-    say(f"Measuring latency ({config.runs} interleaved runs after {config.warmup} warm-up)")
-    stats = measure_interleaved(sessions, next(iter(val)), runs=config.runs, warmup=config.warmup,
-                                time_budget_s=config.time_budget_s)
     artifacts = []
     for label, session in sessions.items():
         path = next(p for p in config.artifacts if label in (p.name, str(p)))
         entry: dict[str, Any] = {
-            "target": kinds[label], "device": device.kind, "path": str(path), "precision": _precision(session),
+            "target": kinds[label], "device": device.public(), "path": str(path), "precision": _precision(session),
             "size_bytes": _size(path), "latency_ms": stats[label].to_dict(),
-            "load_seconds": round(session.load_seconds, 4), "peak_rss_mb": round(memory[label], 1),
+            "load_seconds": round(loads[label], 4),
             "fidelity": fid.fidelity(ref_out, outputs[label]),
         }
+        if device.kind != "ssh":
+            entry["peak_rss_mb"] = round(memory[label], 1)  # this process's; a device's is not measured
         if labels is not None and fid.is_classifier(outputs[label][0]):
             entry["accuracy"] = fid.accuracy(outputs[label][0], labels)
         if metric is not None:
@@ -191,6 +201,26 @@ def validate(config: ValidateConfig, progress: Callable[[str], None] | None = No
                                                else next(iter(sessions.values())).outputs)],
             "validation": {"path": str(config.val), "samples": len(val), "seed": config.seed,
                            "sha256": val.sha256(), "labels": labels is not None}}
+
+
+def _on_remote(config: ValidateConfig, device, sessions: dict[str, Session], kinds: dict[str, str],
+               val: cal.Subset):
+    """Outputs, latency and load times measured on the remote device, by the same protocol."""
+    from edgeopt.validate.latency import LatencyStats
+    from edgeopt.validate.remote import SshOptions, measure
+
+    options = SshOptions(python=config.remote_python, identity=config.ssh_identity,
+                         known_hosts=config.ssh_known_hosts)
+    labels = list(sessions)
+    paths = [next(p for p in config.artifacts if label in (p.name, str(p))) for label in labels]
+    inputs = val.stacked()
+    artifacts = [(path, kinds[label]) for path, label in zip(paths, labels)]
+    orders = [[t.name for t in sessions[label].inputs] for label in labels]
+    timings, outs = measure(device, options, artifacts, inputs, threads=config.threads, runs=config.runs,
+                            warmup=config.warmup, time_budget_s=config.time_budget_s, orders=orders)
+    stats = {label: LatencyStats(**t["latency_ms"]) for label, t in zip(labels, timings)}
+    loads = {label: t["load_seconds"] for label, t in zip(labels, timings)}
+    return dict(zip(labels, outs)), stats, loads
 
 
 def _precision(session: Session) -> str:
@@ -223,6 +253,7 @@ def run(config: ValidateConfig, out_dir: Path, progress: Callable[[str], None] |
             "reference": result["reference"], "artifacts": result["artifacts"], "validation": result["validation"]}
     settings = {k: (str(v) if isinstance(v, Path) else [str(p) for p in v] if isinstance(v, tuple) else v)
                 for k, v in vars(config).items()}
+    settings["device"] = parse_device(config.device).public()  # no user names in reports
     report = envelope("validate", body, settings=settings, notes=result["notes"],
                       wall_seconds=time.perf_counter() - started)
     with OutputStage(out_dir) as stage:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgeopt.targets.base import Session
-from edgeopt.validate import latency
+from edgeopt.validate import latency, remote_runner
 
 
 class FakeClock:
@@ -45,7 +45,7 @@ class FakeSession(Session):
 @pytest.fixture
 def clock(monkeypatch):
     fake = FakeClock()
-    monkeypatch.setattr(latency.time, "perf_counter", fake)
+    monkeypatch.setattr(remote_runner.time, "perf_counter", fake)  # the protocol's one clock
     return fake
 
 
