@@ -13,7 +13,7 @@ from typing import Any
 from edgeopt.report import fmt_bytes, stage_rows, summary_rows, validate_rows
 
 COLORS = ["#3366cc", "#dc3912", "#109618", "#ff9900", "#990099", "#0099c6", "#dd4477", "#66aa00"]
-WIDTH = 720
+WIDTH = 900
 
 
 def _variants(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -75,7 +75,7 @@ def size_fidelity_svg(variants: list[dict[str, Any]]) -> str:
             points.append((v["label"], v["size"], y))
     if not points:
         return "<p>No fidelity was measured.</p>"
-    left, bottom, top_pad, right = 70, 40, 20, 220
+    left, bottom, top_pad, right = 70, 40, 34, 330
     height = 300
     max_size = max(p[1] for p in points) * 1.1
     low = min(0.9, min(p[2] for p in points) - 0.02)
@@ -86,16 +86,20 @@ def size_fidelity_svg(variants: list[dict[str, Any]]) -> str:
              f'<line x1="{left}" y1="{height - bottom}" x2="{WIDTH - right}" y2="{height - bottom}" stroke="#888"/>',
              f'<line x1="{left}" y1="{top_pad}" x2="{left}" y2="{height - bottom}" stroke="#888"/>',
              f'<text x="{(WIDTH - right + left) / 2}" y="{height - 5}" font-size="11" text-anchor="middle">size</text>',
-             f'<text x="12" y="{top_pad + 10}" font-size="11">fidelity</text>']
+             f'<text x="12" y="14" font-size="11">fidelity</text>']
     for k in range(5):
         value = low + (1.0 - low) * k / 4
         y = height - bottom - (value - low) * sy
         parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="10" text-anchor="end">{value:.3f}</text>')
     for i, (label, size, fidelity) in enumerate(points):
+        # Points can coincide (a stage and its int8 form), so labels go to a legend, keyed by number.
         x, y, color = left + size * sx, height - bottom - (fidelity - low) * sy, COLORS[i % len(COLORS)]
-        parts += [f'<circle class="point" cx="{x:.1f}" cy="{y:.1f}" r="6" fill="{color}"/>',
-                  f'<text x="{x + 9:.1f}" y="{y + 4:.1f}" font-size="11">{escape(label)} '
-                  f'({escape(fmt_bytes(size))}, {fidelity:.3f})</text>']
+        legend_x, legend_y = WIDTH - right + 16, top_pad + 18 * i
+        parts += [f'<circle class="point" cx="{x:.1f}" cy="{y:.1f}" r="6" fill="{color}" fill-opacity="0.8"/>',
+                  f'<text x="{x:.1f}" y="{y - 9:.1f}" font-size="10" text-anchor="middle">{i + 1}</text>',
+                  f'<circle cx="{legend_x}" cy="{legend_y - 4}" r="5" fill="{color}"/>',
+                  f'<text x="{legend_x + 10}" y="{legend_y}" font-size="11">{i + 1}. {escape(label)}: '
+                  f'{escape(fmt_bytes(size))}, {fidelity:.3f}</text>']
     parts.append("</svg>")
     return "\n".join(parts)
 
