@@ -67,11 +67,14 @@ def require_gpu(runtime: str) -> None:
 
 
 def _openvino_has_gpu() -> bool:
-    try:
-        import openvino as ov
-    except ImportError:
-        return False
-    return any(d.startswith("GPU") for d in ov.Core().available_devices)
+    from edgeopt.deps import no_telemetry
+
+    with no_telemetry():
+        try:
+            import openvino as ov
+        except ImportError:
+            return False
+        return any(d.startswith("GPU") for d in ov.Core().available_devices)
 
 
 def _torch_has_cuda() -> bool:
