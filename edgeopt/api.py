@@ -14,16 +14,19 @@ def compress(model: str | Path, *, target: str = "tflite", calib: str | Path | N
              calib_samples: int = 300, seed: int = 0, output: str | Path | None = None,
              trust_model: bool = False, validate: bool = True, runs: int = 100, warmup: int = 10,
              threads: int | None = None, weights: str | Path | None = None,
-             input_shapes: dict[str, tuple[int, ...]] | None = None, progress: Progress | None = None) -> Result:
+             input_shapes: dict[str, tuple[int, ...]] | None = None, prune: dict | None = None,
+             distill: dict | None = None, progress: Progress | None = None) -> Result:
     """Compress ``model`` for ``target`` (comma-separated for several) and validate the result.
 
     Same defaults and checks as ``edgeopt compress``; raises :class:`edgeopt.errors.EdgeoptError`
     subclasses for bad input. A PyTorch model is named ``"net.py:build_model"`` with ``weights``
     (a state_dict file) and ``input_shapes`` (``{"image": (1, 3, 224, 224)}``, or taken from ``calib``).
+    ``prune`` and ``distill`` take the recipe's settings, e.g. ``prune={"method": "channels", "ratio": 0.5}``.
     """
     config = recipe.build(
         "the compress() arguments", model=Path(model), targets=target, precision=precision, int8_io=int8_io,
         trust_model=trust_model, output=output, weights=weights, input_shapes=input_shapes,
         calibration={"data": calib, "samples": calib_samples, "seed": seed},
-        validation={"enabled": validate, "data": val, "runs": runs, "warmup": warmup, "threads": threads})
+        validation={"enabled": validate, "data": val, "runs": runs, "warmup": warmup, "threads": threads},
+        prune=prune, distill=distill)
     return _run(config, progress)

@@ -358,7 +358,8 @@ class TorchModel(LoadedModel):
         params = sum(int(p.numel()) for p in module.parameters())
         path = files[-1] if files else Path(origin)
         self.handle = ModelHandle(path=path, format=fmt, inputs=inputs, outputs=outputs,
-                                  metadata={"params": params, "model": origin, "stem": stem, "notes": notes,
+                                  metadata={"params": params, "macs": count_macs(module, self.example_inputs()),
+                                            "model": origin, "stem": stem, "notes": notes,
                                             "files": [str(f) for f in files]})
 
     def example_inputs(self, batch: int = 1) -> tuple[Any, ...]:
@@ -377,3 +378,27 @@ class TorchModel(LoadedModel):
                 args = [torch.from_numpy(np.ascontiguousarray(feed[n][start:start + batch_size])) for n in names]
                 chunks.append([t.detach().numpy() for t in _flatten(self.native(*args))])
         return [np.concatenate(parts) for parts in zip(*chunks)]
+
+
+def count_macs(module: Any, example_inputs: tuple) -> int:
+    """Multiply-accumulates of one inference in Conv/Linear layers, measured with forward hooks."""
+    torch = require("torch", "Counting MACs")
+    total = 0
+
+    def hook(layer, _inputs, output):
+        nonlocal total
+        if isinstance(layer, torch.nn.Linear):
+            total += output.numel() * layer.in_features
+        else:
+            kernel = int(torch.tensor(layer.kernel_size).prod())
+            total += output.numel() * (layer.in_channels // layer.groups) * kernel
+
+    handles = [m.register_forward_hook(hook) for m in module.modules()
+               if isinstance(m, (torch.nn.Linear, torch.nn.modules.conv._ConvNd))]
+    try:
+        with torch.no_grad():
+            module(*example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return int(total)

@@ -145,3 +145,26 @@ def test_distillation_recovers_a_damaged_student_and_keeps_masks():
     middle = [r for r in healed.info["sparsity"] if r["layer"] == "2"][0]
     assert middle["sparsity"] >= 0.85  # the masks held through every step of fine-tuning
     assert len(healed.info["history"]) == 25
+
+
+@pytest.mark.slow
+def test_torch_prune_distill_int8_onnx_through_compress(torch_model, tmp_path):
+    """prune -> distill -> int8 ONNX in one call, with each stage's effect in the report."""
+    pytest.importorskip("onnxruntime")
+    import edgeopt
+    import tiny_models
+
+    spec, weights, _module = torch_model("residual")
+    feed = tiny_models.random_feed("residual", 160, seed=3)
+    np.savez(tmp_path / "calib.npz", **feed)
+    result = edgeopt.compress(spec, weights=weights, target="onnx", calib=tmp_path / "calib.npz",
+                              prune={"method": "channels", "ratio": 0.5, "exclude_first_last": False},
+                              distill={"epochs": 8}, runs=5, warmup=1, output=tmp_path / "out")
+    stages = {s["stage"]: s for s in result.report["stages"]}
+    original, pruned = stages["original"], stages["pruned (channels 0.5)"]
+    assert pruned["params"] < original["params"] and pruned["macs"] < original["macs"]
+    assert stages["distilled"]["details"]["epochs_run"] >= 1
+    art = result.artifacts[0]
+    assert art["target"] == "onnx" and art["precision"] == "int8"
+    assert art["fidelity"]["cosine"] > 0.9
+    assert (tmp_path / "out/report.html").exists()

@@ -24,35 +24,9 @@ def wrap(model, module: Any):
     from edgeopt.frameworks.torch import TorchModel
 
     meta = model.handle.metadata
-    wrapped = TorchModel(model._torch, module, model.handle.format, model.handle.inputs,
-                         files=[Path(f) for f in meta.get("files", [])], stem=meta.get("stem", "model"),
-                         notes=list(meta.get("notes", [])), origin=model.origin)
-    wrapped.handle.metadata["macs"] = count_macs(module, model.example_inputs())
-    return wrapped
-
-
-def count_macs(module: Any, example_inputs: tuple) -> int:
-    """Multiply-accumulates of one inference in Conv/Linear layers, measured with forward hooks."""
-    torch = require("torch", "Counting MACs")
-    total = 0
-
-    def hook(layer, _inputs, output):
-        nonlocal total
-        if isinstance(layer, torch.nn.Linear):
-            total += output.numel() * layer.in_features
-        else:
-            kernel = int(torch.tensor(layer.kernel_size).prod())
-            total += output.numel() * (layer.in_channels // layer.groups) * kernel
-
-    handles = [m.register_forward_hook(hook) for m in module.modules()
-               if isinstance(m, (torch.nn.Linear, torch.nn.modules.conv._ConvNd))]
-    try:
-        with torch.no_grad():
-            module(*example_inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    return int(total)
+    return TorchModel(model._torch, module, model.handle.format, model.handle.inputs,
+                      files=[Path(f) for f in meta.get("files", [])], stem=meta.get("stem", "model"),
+                      notes=list(meta.get("notes", [])), origin=model.origin)
 
 
 def _check_patterns(module: Any, patterns: list[str]) -> None:
