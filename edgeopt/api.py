@@ -10,7 +10,7 @@ from edgeopt.pipeline import compress as _run
 
 
 def compress(model: str | Path, *, target: str = "tflite", calib: str | Path | None = None,
-             val: str | Path | None = None, precision: str = "int8", int8_io: bool = False,
+             val: str | Path | None = None, precision: str = "int8", int8_io: bool = False, keep_layout: bool = False,
              calib_samples: int = 300, seed: int = 0, output: str | Path | None = None,
              trust_model: bool = False, validate: bool = True, runs: int = 100, warmup: int = 10,
              threads: int | None = None, weights: str | Path | None = None,
@@ -25,6 +25,7 @@ def compress(model: str | Path, *, target: str = "tflite", calib: str | Path | N
     """
     config = recipe.build(
         "the compress() arguments", model=Path(model), targets=target, precision=precision, int8_io=int8_io,
+        keep_layout=keep_layout,
         trust_model=trust_model, output=output, weights=weights, input_shapes=input_shapes,
         calibration={"data": calib, "samples": calib_samples, "seed": seed},
         validation={"enabled": validate, "data": val, "runs": runs, "warmup": warmup, "threads": threads},

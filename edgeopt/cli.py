@@ -118,6 +118,8 @@ def main(debug: bool) -> None:
               help="Validation data (labels from an array named 'labels'). Default: held-out calibration samples.")
 @click.option("--precision", type=click.Choice(["int8", "fp16", "fp32"]), default="int8", show_default=True)
 @click.option("--int8-io", is_flag=True, help="int8 model inputs and outputs instead of float.")
+@click.option("--keep-layout", is_flag=True,
+              help="Keep NCHW inputs in TFLite artifacts of PyTorch models [default: NHWC, TFLite's own].")
 @click.option("--calib-samples", type=click.IntRange(min=1), default=300, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for choosing samples.")
 @click.option("--image-size", callback=_size, help="HEIGHT,WIDTH for image folders (default: the model's).")
@@ -144,7 +146,7 @@ def main(debug: bool) -> None:
 @click.option("--threads", type=click.IntRange(min=1), help="Runtime threads [default: all cores].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @handle_errors
-def compress(model, target, calib, val, precision, int8_io, calib_samples, seed, image_size, mean, std, layout,
+def compress(model, target, calib, val, precision, int8_io, keep_layout, calib_samples, seed, image_size, mean, std, layout,
              color, output, trust_model, weights, input_shapes, prune_spec, distill, distill_data, distill_epochs,
              no_validate, runs, warmup, threads, quiet):
     """Compress MODEL for an edge target and validate the artifact against it.
@@ -161,7 +163,7 @@ def compress(model, target, calib, val, precision, int8_io, calib_samples, seed,
     if std is not None:
         calibration["std"] = std
     config = recipe.build(
-        "the command line", model=model, targets=target, precision=precision, int8_io=int8_io,
+        "the command line", model=model, targets=target, precision=precision, int8_io=int8_io, keep_layout=keep_layout,
         trust_model=trust_model, output=output, calibration=calibration, weights=weights, input_shapes=input_shapes,
         validation={"enabled": not no_validate, "data": val, "runs": runs, "warmup": warmup, "threads": threads},
         prune=prune_spec,

@@ -16,7 +16,7 @@ from edgeopt import recipe, registry
 from edgeopt.errors import InputRejected, UsageError
 from edgeopt.formats import SOURCE_FORMATS, detect_format, suffix_mismatch
 from edgeopt.frameworks.base import LoadedModel
-from edgeopt.model import Format
+from edgeopt.model import Format, TensorSpec
 from edgeopt.outputs import OutputStage, check_output_dir
 from edgeopt.passes.base import PassContext
 from edgeopt.report import build_report, render_markdown, write_json
@@ -137,15 +137,18 @@ def compress(config: recipe.CompressConfig, progress: Progress | None = None) ->
         for target in config.targets:
             say(f"Converting to {target}")
             exporter = registry.resolve("exporter", f"{source.handle.framework}->{target}")
-            # The baseline is the untouched source in fp32: speed-ups count every step.
-            variants = {"fp32": exporter(source, stage.dir / f".{stem}_baseline_fp32.{target}", precision="fp32")}
+            # The baseline is the untouched source in fp32: speed-ups count every step. It takes the
+            # artifact's layout, so that a layout change is not counted as a speed-up.
+            keep = config.keep_layout
+            variants = {"fp32": exporter(source, stage.dir / f".{stem}_baseline_fp32.{target}", precision="fp32",
+                                         keep_layout=keep)}
             for i, (stage_name, stage_model, _info) in enumerate(stage_info[1:], start=1):
                 variants[stage_name] = exporter(stage_model, stage.dir / f".{stem}_stage{i}_fp32.{target}",
-                                                precision="fp32")
+                                                precision="fp32", keep_layout=keep)
             name = f"{stem}_{config.precision}.{ARTIFACT_SUFFIX.get(target, target)}"
             say(f"Quantizing to {config.precision}" if config.precision != "fp32" else "Writing fp32 artifact")
             result = exporter(model, stage.path(name), precision=config.precision, calib=calib,
-                              int8_io=config.int8_io)
+                              int8_io=config.int8_io, keep_layout=keep)
             for extra in result.extra_files:
                 stage.path(extra.name)
             notes.extend(result.notes)
@@ -240,7 +243,9 @@ def _measure(target, source: LoadedModel, variants: dict, val: cal.Subset | None
     open_session = registry.resolve("runtime", target)
     names = source.handle.input_names
     threads = config.validation.threads
-    sessions = {k: open_session(v.path, threads=threads, input_names=names) for k, v in variants.items()}
+    # Data stays in the source's layout; each session turns it into its own.
+    sessions = {k: open_session(v.path, threads=threads, input_names=names, source_inputs=source.handle.inputs,
+                                source_outputs=source.handle.outputs) for k, v in variants.items()}
     result, baseline = variants["artifact"], variants["fp32"]
     entry: dict[str, Any] = {
         "target": target, "path": str(result.path), "precision": result.precision,
@@ -269,8 +274,9 @@ def _measure(target, source: LoadedModel, variants: dict, val: cal.Subset | None
                 measured[k]["accuracy"] = fid.accuracy(outs[k][0], labels)
         feed = next(iter(val))
     else:
-        feed = {t.name: np.random.default_rng(0).random((1, *t.shape[1:]), dtype=np.float32)
-                for t in sessions["artifact"].inputs}
+        own = {t.name: t for t in sessions["artifact"].inputs}
+        feed = {t.name: np.random.default_rng(0).random((1, *_dims(t, own.get(t.name))), dtype=np.float32)
+                for t in source.handle.inputs}
         entry["notes"] = ["No validation data: fidelity and accuracy not measured; latency on random inputs."]
     say(f"Measuring latency ({', '.join(sessions)}, interleaved)")
     stats = measure_interleaved(sessions, feed, runs=config.validation.runs, warmup=config.validation.warmup)
@@ -282,6 +288,15 @@ def _measure(target, source: LoadedModel, variants: dict, val: cal.Subset | None
     if extra:
         entry["variants"] = measured
     return entry
+
+
+def _dims(source: TensorSpec, own: TensorSpec | None) -> tuple[int, ...]:
+    """One sample's dimensions in the source's layout; sizes the source leaves free come from the
+    artifact, which fixes them, when the two share a layout."""
+    dims = list(source.shape[1:])
+    if own is not None and own.layout == source.layout and len(own.shape) == len(source.shape):
+        dims = [d if d is not None else o for d, o in zip(dims, own.shape[1:])]
+    return tuple(d or 1 for d in dims)
 
 
 def gzip_size(path: Path, *more: Path) -> int:

@@ -84,6 +84,8 @@ class CompressConfig(_Strict):
     targets: tuple[str, ...] = ("tflite",)
     precision: Literal["int8", "fp16", "fp32"] = "int8"
     int8_io: bool = False
+    # NCHW PyTorch models become channels-last TFLite models unless the source's layout is kept.
+    keep_layout: bool = False
     trust_model: bool = False
     calibration: CalibrationConfig = CalibrationConfig()
     validation: ValidationConfig = ValidationConfig()

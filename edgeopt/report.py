@@ -197,9 +197,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.extend("| " + " | ".join(r) + " |" for r in rows)
     for a in report["artifacts"]:
         ops = a.get("ops") or {}
+        layout = a.get("input_layout") or {}
+        if ops or layout:
+            lines += ["", f"## `{Path(a['path']).name}`", ""]
+        if layout:
+            # The layout this artifact takes, which may differ from the source's (NCHW PyTorch -> NHWC TFLite).
+            lines.append("- Input layout: " + ", ".join(f"`{k}` {v or 'not an image'}" for k, v in layout.items()))
         if ops:
-            lines += ["", f"## `{Path(a['path']).name}`", "",
-                      f"- Input dtypes: {a.get('io_dtypes')}; layout: {a.get('input_layout')}",
+            lines += [f"- Input dtypes: {a.get('io_dtypes')}",
                       f"- Size: {a['size_bytes']:,} bytes ({a.get('gzip_size_bytes', 0):,} gzipped)",
                       f"- Full integer: {'yes' if ops.get('full_integer') else 'no'}"
                       + (f" (float ops: {', '.join(ops['float_ops'])})" if ops.get("float_ops") else ""),

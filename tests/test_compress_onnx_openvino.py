@@ -101,7 +101,7 @@ def test_torch_to_tflite(torch_model, nchw_calib, tmp_path):
                               output=tmp_path / "out", **FAST)
     (artifact,) = result.artifacts
     assert artifact["precision"] == "int8" and artifact["ops"]["full_integer"], artifact["ops"]
-    assert artifact["io_dtypes"] == {"image": "float32"} and artifact["input_layout"] == {"image": "nchw"}
+    assert artifact["io_dtypes"] == {"image": "float32"} and artifact["input_layout"] == {"image": "nhwc"}
     assert artifact["fidelity"]["cosine"] >= INT8_MIN_COSINE
 
 

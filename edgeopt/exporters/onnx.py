@@ -3,6 +3,7 @@
 Each source first becomes a float ModelProto; precision is then applied the same way for all:
 fp16 by casting weights (inputs and outputs stay float32), int8 by ONNX Runtime's static QDQ
 quantization with per-channel weights when calibration data is given, else dynamic quantization.
+The source's layout is kept whatever ``keep_layout`` says: ONNX runtimes take NCHW and NHWC alike.
 """
 
 from __future__ import annotations
@@ -33,17 +34,17 @@ INT8_IO_NOTE = "--int8-io applies to TFLite only; the ONNX artifact keeps float 
 
 
 def export_keras(source: LoadedModel, out: Path, *, precision: str, calib: Subset | None = None,
-                 int8_io: bool = False) -> ExportResult:
+                 int8_io: bool = False, keep_layout: bool = False) -> ExportResult:
     return _finish(keras_to_onnx(source), source, out, precision=precision, calib=calib, int8_io=int8_io)
 
 
 def export_torch(source: LoadedModel, out: Path, *, precision: str, calib: Subset | None = None,
-                 int8_io: bool = False) -> ExportResult:
+                 int8_io: bool = False, keep_layout: bool = False) -> ExportResult:
     return _finish(torch_to_onnx(source), source, out, precision=precision, calib=calib, int8_io=int8_io)
 
 
 def export_onnx(source: LoadedModel, out: Path, *, precision: str, calib: Subset | None = None,
-                int8_io: bool = False) -> ExportResult:
+                int8_io: bool = False, keep_layout: bool = False) -> ExportResult:
     if getattr(source, "quantized", False):
         # Quantizing a quantized graph again stacks errors; hand back the model as it is, with any
         # external weights folded in so the artifact is one file.

@@ -4,7 +4,8 @@ ONNX files and SavedModel folders go to ``openvino.convert_model`` directly; a K
 through ONNX (tf2onnx), or a SavedModel if that fails (``convert_model`` cannot take a Keras 3
 object); a PyTorch module is traced with its example inputs. Inputs get a static batch of 1, as
 the other artifacts have. int8 is NNCF post-training quantization on the calibration data;
-without data, weights alone are compressed to int8.
+without data, weights alone are compressed to int8. The source's layout is kept whatever
+``keep_layout`` says: the CPU plugin picks its own internal layout either way.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ INT8_IO_NOTE = "--int8-io applies to TFLite only; the OpenVINO artifact keeps fl
 
 
 def export_onnx(source: LoadedModel, out: Path, *, precision: str, calib: Subset | None = None,
-                int8_io: bool = False) -> ExportResult:
+                int8_io: bool = False, keep_layout: bool = False) -> ExportResult:
     if getattr(source, "quantized", False):
         # OpenVINO reads Q/DQ pairs as int8 already; quantizing again would stack the errors.
         return _export(_from_file, source, out, precision="fp32", calib=None, int8_io=int8_io,
@@ -38,12 +39,12 @@ def export_onnx(source: LoadedModel, out: Path, *, precision: str, calib: Subset
 
 
 def export_keras(source: LoadedModel, out: Path, *, precision: str, calib: Subset | None = None,
-                 int8_io: bool = False) -> ExportResult:
+                 int8_io: bool = False, keep_layout: bool = False) -> ExportResult:
     return _export(_from_keras, source, out, precision=precision, calib=calib, int8_io=int8_io)
 
 
 def export_torch(source: LoadedModel, out: Path, *, precision: str, calib: Subset | None = None,
-                 int8_io: bool = False) -> ExportResult:
+                 int8_io: bool = False, keep_layout: bool = False) -> ExportResult:
     return _export(_from_torch, source, out, precision=precision, calib=calib, int8_io=int8_io)
 
 

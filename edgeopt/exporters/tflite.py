@@ -1,4 +1,7 @@
-"""Keras/SavedModel -> TFLite with the TFLite converter: fp32, fp16, dynamic-range or full int8."""
+"""Keras/SavedModel -> TFLite with the TFLite converter: fp32, fp16, dynamic-range or full int8.
+
+Keras models are channels-last already, so ``keep_layout`` changes nothing here.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from edgeopt.model import Format
 
 
 def export_keras(source: LoadedModel, out: Path, *, precision: str, calib: Subset | None = None,
-                 int8_io: bool = False) -> ExportResult:
+                 int8_io: bool = False, keep_layout: bool = False) -> ExportResult:
     tf = require("tensorflow", "Converting to TFLite")
     converter = _converter(tf, source)
     notes: list[str] = []

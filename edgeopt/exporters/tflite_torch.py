@@ -1,7 +1,9 @@
 """PyTorch -> TFLite: litert-torch writes the float model, ai-edge-quantizer applies the precision.
 
-litert-torch keeps the module's own layout (NCHW stays NCHW). The quantizer works on the float
-flatbuffer: fp16 casts weights, int8 with calibration data quantizes weights and activations
+litert-torch keeps the module's own layout, so NCHW image inputs (and 4-D image outputs) are moved
+channels-last first with ``litert_torch.to_channel_last_io``: TFLite kernels and delegates are
+built for NHWC, and a model that takes NCHW runs transposes inside. ``keep_layout`` keeps NCHW.
+The quantizer works on the float flatbuffer: fp16 casts weights, int8 with calibration data quantizes weights and activations
 (inputs and outputs stay float unless int8 I/O is asked for), int8 without data quantizes weights
 and lets the runtime quantize activations on the fly.
 
@@ -19,22 +21,32 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgeopt.calibration import Subset
 from edgeopt.deps import quiet_stderr, require
 from edgeopt.errors import ConversionError
 from edgeopt.exporters.base import ExportResult, conversion_failure
-from edgeopt.frameworks.base import LoadedModel
+from edgeopt.frameworks.base import LoadedModel, guess_layout
+from edgeopt.targets.base import NCHW_TO_NHWC, Axes
 
 
 def export_torch(source: LoadedModel, out: Path, *, precision: str, calib: Subset | None = None,
-                 int8_io: bool = False) -> ExportResult:
+                 int8_io: bool = False, keep_layout: bool = False) -> ExportResult:
     litert_torch = require("litert_torch", "Converting PyTorch models to TFLite")
     notes: list[str] = []
+    moved_inputs, moved_outputs = ([], []) if keep_layout else _channels_first(source)
     with tempfile.TemporaryDirectory(prefix=".edgeopt-tflite-", dir=out.parent) as tmp:
         float_path = out if precision == "fp32" else Path(tmp) / "float.tflite"
         try:
             with _quiet():
-                edge = litert_torch.convert(source.native, source.example_inputs())
+                module, example = source.native, source.example_inputs()
+                if moved_inputs or moved_outputs:
+                    # The wrapper is a new module, in training mode unless told otherwise.
+                    module = litert_torch.to_channel_last_io(module, args=moved_inputs, outputs=moved_outputs).eval()
+                    example = tuple(x.permute(*NCHW_TO_NHWC).contiguous() if i in moved_inputs else x
+                                    for i, x in enumerate(example))
+                edge = litert_torch.convert(module, example)
                 edge.export(str(float_path))
         except Exception as exc:
             raise conversion_failure("litert_torch.convert", source.handle.path, exc) from exc
@@ -46,11 +58,34 @@ def export_torch(source: LoadedModel, out: Path, *, precision: str, calib: Subse
             with _quiet():
                 qt = quantizer.Quantizer(str(float_path))
                 qt.load_quantization_recipe(recipe)
-                calibration = qt.calibrate(_calibration(str(float_path), source, calib)) if label == "int8" else None
+                moved = {source.handle.inputs[i].name: NCHW_TO_NHWC for i in moved_inputs}
+                calibration = qt.calibrate(_calibration(str(float_path), source, calib, moved)) \
+                    if label == "int8" else None
                 qt.quantize(calibration).export_model(str(out), overwrite=True)
         except Exception as exc:
             raise conversion_failure("ai-edge-quantizer", source.handle.path, exc) from exc
     return ExportResult(out, label, notes)
+
+
+def _channels_first(source: LoadedModel) -> tuple[list[int], list[int]]:
+    """Positions of the NCHW image inputs and of the 4-D NCHW outputs, which become NHWC.
+
+    Other inputs (vectors, token ids) and inputs already channels-last stay as they are. Outputs
+    move only when forward() returns a tensor or a flat tuple of them, the structure
+    ``to_channel_last_io`` indexes.
+    """
+    inputs = [i for i, t in enumerate(source.handle.inputs) if t.layout == "nchw"]
+    outputs = [i for i, t in enumerate(source.handle.outputs) if guess_layout(t.shape, "nchw") == "nchw"]
+    if outputs and not _flat_outputs(source):
+        outputs = []
+    return inputs, outputs
+
+
+def _flat_outputs(source: LoadedModel) -> bool:
+    torch = require("torch", "Converting PyTorch models to TFLite")
+    with torch.no_grad():
+        raw = source.native(*source.example_inputs())
+    return torch.is_tensor(raw) or (isinstance(raw, (list, tuple)) and all(torch.is_tensor(t) for t in raw))
 
 
 def _recipe(precision: str, calib: Subset | None, int8_io: bool) -> tuple[Any, str]:
@@ -75,8 +110,9 @@ def _recipe(precision: str, calib: Subset | None, int8_io: bool) -> tuple[Any, s
     return manager.get_quantization_recipe(), "int8"
 
 
-def _calibration(model_path: str, source: LoadedModel, calib: Subset) -> dict[str, _Rows]:
-    """Calibration rows keyed by the TFLite signature's input names (args_0, args_1, ... in order)."""
+def _calibration(model_path: str, source: LoadedModel, calib: Subset, moved: dict[str, Axes]) -> dict[str, _Rows]:
+    """Calibration rows keyed by the TFLite signature's input names (args_0, args_1, ... in order),
+    transposed by ``moved`` into the layout the float model takes."""
     litert = require("ai_edge_litert.interpreter", "Reading TFLite models")
     signatures = litert.Interpreter(model_path=model_path).get_signature_list()
     key = next(iter(signatures))
@@ -87,23 +123,25 @@ def _calibration(model_path: str, source: LoadedModel, calib: Subset) -> dict[st
     # litert-torch names inputs args_<i> in forward() order, which is the source's order.
     ordered = sorted(names, key=lambda n: int(n.rsplit("_", 1)[-1]) if n.rsplit("_", 1)[-1].isdigit() else 0)
     pairs = list(zip(ordered, source.handle.input_names))
-    return {key: _Rows(calib, pairs)}
+    return {key: _Rows(calib, pairs, moved)}
 
 
 class _Rows:
     """Calibration rows renamed for the quantizer, streamed again on every pass: it walks the
     data once to count work before walking it to calibrate."""
 
-    def __init__(self, calib: Subset, pairs: list[tuple[str, str]]) -> None:
+    def __init__(self, calib: Subset, pairs: list[tuple[str, str]], moved: dict[str, Axes]) -> None:
         self._calib = calib
         self._pairs = pairs
+        self._moved = moved
 
     def __len__(self) -> int:
         return len(self._calib)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for row in self._calib:
-            yield {tfl: row[name] for tfl, name in self._pairs}
+            yield {tfl: np.ascontiguousarray(np.transpose(row[name], self._moved[name])) if name in self._moved
+                   else row[name] for tfl, name in self._pairs}
 
 
 @contextlib.contextmanager

@@ -1,12 +1,51 @@
-"""What every runtime session offers: run one batch, and describe its tensors."""
+"""What every runtime session offers: run one batch, and describe its tensors.
+
+Validation and calibration data are always in the source model's layout, while an artifact may
+take another (a PyTorch model becomes an NHWC TFLite model). A session told the source's tensors
+(:meth:`Session.set_source`) transposes each feed into its own layout and each 4-D output back,
+here, once for every runtime.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 import numpy as np
 
 from edgeopt.model import TensorSpec
+
+Axes = tuple[int, ...]
+NCHW_TO_NHWC: Axes = (0, 2, 3, 1)
+NHWC_TO_NCHW: Axes = (0, 3, 1, 2)
+_AXES = {("nchw", "nhwc"): NCHW_TO_NHWC, ("nhwc", "nchw"): NHWC_TO_NCHW}
+_LAYOUT_AFTER = {NCHW_TO_NHWC: "nhwc", NHWC_TO_NCHW: "nchw"}
+
+
+def inverse(axes: Axes) -> Axes:
+    return tuple(int(i) for i in np.argsort(axes))
+
+
+def _fits(shape: Sequence[int | None], wanted: Sequence[int | None]) -> bool:
+    # None is a free dimension (the batch, or a dynamic size) and fits anything.
+    return len(shape) == len(wanted) and all(a is None or b is None or a == b for a, b in zip(shape, wanted))
+
+
+def layout_axes(data: Sequence[int | None], own: Sequence[int | None], prefer: Axes | None) -> Axes | None:
+    """The transpose that turns a 4-D tensor shaped ``data`` into one shaped ``own``; None for none.
+
+    Shapes decide; only when they cannot (H == W == C, or free sizes) does ``prefer`` pick, and
+    keeping the tensor as it is wins over a transpose nobody asked for.
+    """
+    if len(data) != 4 or len(own) != 4:
+        return None
+    keep = _fits(own, data)
+    moves = [axes for axes in _AXES.values() if _fits(own, [data[i] for i in axes])]
+    if prefer in moves and (keep or len(moves) > 1):
+        return prefer
+    if keep:
+        return None
+    return moves[0] if len(moves) == 1 else None
 
 
 class Session(ABC):
@@ -16,18 +55,79 @@ class Session(ABC):
     outputs: tuple[TensorSpec, ...]
     threads: int
     load_seconds: float
+    # Transposes from the source's layout into this session's, per input name, and from this
+    # session's outputs back to the source's, per output position. Empty: feeds pass unchanged.
+    _in_axes: dict[str, Axes] = {}
+    _out_axes: dict[int, Axes] = {}
+
+    def set_source(self, inputs: Sequence[TensorSpec] | None,
+                   outputs: Sequence[TensorSpec] | None = None) -> None:
+        """Take feeds in the layout of the source's ``inputs`` and return ``outputs``' layout.
+
+        The session's own input specs then state the layout it really takes, which the report shows.
+        """
+        if not inputs:
+            return
+        source = {t.name: t for t in inputs}
+        in_axes: dict[str, Axes] = {}
+        specs = []
+        for own in self.inputs:
+            data = source.get(own.name)
+            axes = layout_axes(data.shape, own.shape, _AXES.get((data.layout, own.layout))) if data else None
+            if axes is not None:
+                in_axes[own.name] = axes
+                own = TensorSpec(own.name, own.shape, own.dtype, _LAYOUT_AFTER[axes])
+            elif data is not None and data.layout and _fits(own.shape, data.shape):
+                own = TensorSpec(own.name, own.shape, own.dtype, data.layout)  # as the source: same layout
+            specs.append(own)
+        self.inputs = tuple(specs)
+        self._in_axes = in_axes
+        # An exporter that moved the image inputs moved the image outputs alike, which settles
+        # outputs whose shape cannot tell.
+        moved = inverse(next(iter(in_axes.values()))) if in_axes else None
+        self._out_axes = {}
+        for i, (own, data) in enumerate(zip(self.outputs, outputs or ())):
+            axes = layout_axes(own.shape, data.shape, moved)
+            if axes is not None:
+                self._out_axes[i] = axes
+
+    def to_own_layout(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``feed`` (source layout, keyed by the source's input names) in this session's layout."""
+        if not self._in_axes:
+            return feed
+        return {k: np.ascontiguousarray(np.transpose(v, self._in_axes[k])) if k in self._in_axes else v
+                for k, v in feed.items()}
+
+    def to_source_layout(self, outputs: list[np.ndarray]) -> list[np.ndarray]:
+        """This session's outputs in the source's layout, so they compare element by element."""
+        if not self._out_axes:
+            return outputs
+        return [np.transpose(o, self._out_axes[i]) if i in self._out_axes else o for i, o in enumerate(outputs)]
+
+    def input_axes(self, name: str) -> Axes | None:
+        """The transpose applied to input ``name`` (for a runner that feeds the session elsewhere)."""
+        return self._in_axes.get(name)
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Outputs, dequantized to float and in the source's layout, for one sample keyed by the
+        source model's input names."""
+        return self.to_source_layout(self._run(self.to_own_layout(feed)))
+
+    def prepare(self, feed: dict[str, np.ndarray]) -> None:
+        """Load ``feed`` (source layout) into the session so :meth:`run_raw` times inference alone."""
+        self._prepare(self.to_own_layout(feed))
 
     @abstractmethod
-    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Outputs, dequantized to float, for one sample keyed by the source model's input names."""
+    def _run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The runtime's outputs, dequantized to float, for a feed already in this session's layout."""
+
+    @abstractmethod
+    def _prepare(self, feed: dict[str, np.ndarray]) -> None:
+        """Load a feed already in this session's layout."""
 
     @abstractmethod
     def run_raw(self) -> None:
         """One inference on the inputs last set by :meth:`prepare`; what latency timing calls."""
-
-    @abstractmethod
-    def prepare(self, feed: dict[str, np.ndarray]) -> None:
-        """Load ``feed`` into the session so :meth:`run_raw` times inference alone."""
 
     def run_many(self, rows) -> list[np.ndarray]:
         """Run sample by sample (edge runtimes are built for batch 1) and stack the outputs."""

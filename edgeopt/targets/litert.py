@@ -20,8 +20,12 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def open_session(path: Path, *, threads: int | None = None, input_names: list[str] | None = None) -> LiteRTSession:
-    return LiteRTSession(Path(path), threads=threads or default_threads(), input_names=input_names)
+def open_session(path: Path, *, threads: int | None = None, input_names: list[str] | None = None,
+                 source_inputs: tuple[TensorSpec, ...] | None = None,
+                 source_outputs: tuple[TensorSpec, ...] | None = None) -> LiteRTSession:
+    session = LiteRTSession(Path(path), threads=threads or default_threads(), input_names=input_names)
+    session.set_source(source_inputs, source_outputs)
+    return session
 
 
 def _signature_name(raw: str) -> str:
@@ -56,7 +60,7 @@ class LiteRTSession(Session):
         self.outputs = tuple(TensorSpec(_signature_name(d["name"]), tuple(int(x) for x in d["shape"]),
                                         np.dtype(d["dtype"]).name) for d in self._out)
 
-    def prepare(self, feed: dict[str, np.ndarray]) -> None:
+    def _prepare(self, feed: dict[str, np.ndarray]) -> None:
         for name, detail in zip(self._names, self._in):
             value = _quantize(feed[name], detail)
             if tuple(value.shape) != tuple(detail["shape"]):
@@ -67,8 +71,8 @@ class LiteRTSession(Session):
     def run_raw(self) -> None:
         self._interp.invoke()
 
-    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        self.prepare(feed)
+    def _run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self._prepare(feed)
         self._interp.invoke()
         return [_dequantize(self._interp.get_tensor(d["index"]), d) for d in self._out]
 

@@ -21,8 +21,12 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def open_session(path: Path, *, threads: int | None = None, input_names: list[str] | None = None) -> OrtSession:
-    return OrtSession(Path(path), threads=threads or default_threads(), input_names=input_names)
+def open_session(path: Path, *, threads: int | None = None, input_names: list[str] | None = None,
+                 source_inputs: tuple[TensorSpec, ...] | None = None,
+                 source_outputs: tuple[TensorSpec, ...] | None = None) -> OrtSession:
+    session = OrtSession(Path(path), threads=threads or default_threads(), input_names=input_names)
+    session.set_source(source_inputs, source_outputs)
+    return session
 
 
 def _affinities(threads: int) -> str | None:
@@ -75,15 +79,15 @@ class OrtSession(Session):
             options.add_session_config_entry("session.intra_op_thread_affinities", pinning)
         return options
 
-    def prepare(self, feed: dict[str, np.ndarray]) -> None:
+    def _prepare(self, feed: dict[str, np.ndarray]) -> None:
         self._feed = {artifact: np.ascontiguousarray(feed[name], dtype=dtype)
                       for artifact, name, dtype in zip(self._artifact_names, self._names, self._dtypes)}
 
     def run_raw(self) -> None:
         self._session.run(None, self._feed)
 
-    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        self.prepare(feed)
+    def _run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self._prepare(feed)
         outs = self._session.run(None, self._feed)
         return [o.astype(np.float32) if o.dtype.kind == "f" and o.dtype != np.float32 else o for o in outs]
 

@@ -33,8 +33,12 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def open_session(path: Path, *, threads: int | None = None, input_names: list[str] | None = None) -> OpenVinoSession:
-    return OpenVinoSession(Path(path), threads=threads or default_threads(), input_names=input_names)
+def open_session(path: Path, *, threads: int | None = None, input_names: list[str] | None = None,
+                 source_inputs: tuple[TensorSpec, ...] | None = None,
+                 source_outputs: tuple[TensorSpec, ...] | None = None) -> OpenVinoSession:
+    session = OpenVinoSession(Path(path), threads=threads or default_threads(), input_names=input_names)
+    session.set_source(source_inputs, source_outputs)
+    return session
 
 
 class OpenVinoSession(Session):
@@ -70,7 +74,7 @@ class OpenVinoSession(Session):
                              for i, p in enumerate(self._compiled.outputs))
         self._ov = ov
 
-    def prepare(self, feed: dict[str, np.ndarray]) -> None:
+    def _prepare(self, feed: dict[str, np.ndarray]) -> None:
         for index, (name, dtype) in enumerate(zip(self._names, self._dtypes)):
             array = np.ascontiguousarray(feed[name], dtype=dtype)
             self._request.set_input_tensor(index, self._ov.Tensor(array, shared_memory=False))
@@ -78,8 +82,8 @@ class OpenVinoSession(Session):
     def run_raw(self) -> None:
         self._request.infer()
 
-    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        self.prepare(feed)
+    def _run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self._prepare(feed)
         self._request.infer()
         outs = [self._request.get_output_tensor(i).data.copy() for i in range(len(self.outputs))]
         return [o.astype(np.float32) if o.dtype.kind == "f" and o.dtype != np.float32 else o for o in outs]

@@ -2,7 +2,8 @@
 
 Every artifact (and the reference, when it can run) is loaded in its own runtime, fed the same
 samples in its own layout, compared with the reference output, and timed interleaved with the
-others under one protocol. The report has the same schema as compress's.
+others under one protocol. The samples are in the reference's layout (the first artifact's
+without one); each session transposes them into its own and its 4-D outputs back. The report has the same schema as compress's.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from edgeopt import calibration as cal
 from edgeopt import registry
 from edgeopt.errors import InputRejected, UsageError
 from edgeopt.formats import SOURCE_FORMATS, detect_format
-from edgeopt.model import Format
+from edgeopt.model import Format, TensorSpec
 from edgeopt.targets.base import Session
 from edgeopt.validate import fidelity as fid
 from edgeopt.validate.devices import parse_device, require_gpu
@@ -90,13 +91,13 @@ class SourceSession(Session):
         self.load_seconds = load_seconds
         self._feed: dict[str, np.ndarray] = {}
 
-    def prepare(self, feed: dict[str, np.ndarray]) -> None:
+    def _prepare(self, feed: dict[str, np.ndarray]) -> None:
         self._feed = feed
 
     def run_raw(self) -> None:
         self.model.predict(self._feed)
 
-    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def _run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.model.predict(feed)
 
 
@@ -107,14 +108,17 @@ def rss_mb() -> float:
 
 
 def open_any(path: Path, *, threads: int | None, input_names: list[str] | None, device: str,
-             trust: bool) -> tuple[Session, str, Any]:
-    """A session for an artifact or a source model; returns (session, kind, loaded source or None)."""
+             trust: bool, source: Session | None = None) -> tuple[Session, str, Any]:
+    """A session for an artifact or a source model, fed in ``source``'s layout when given;
+    returns (session, kind, loaded source or None)."""
     fmt = detect_format(path)
+    ins, outs = (source.inputs, source.outputs) if source is not None else (None, None)
     if fmt in RUNTIME_OF:
         if device == "gpu":
             require_gpu(RUNTIME_OF[fmt])
         opener = registry.resolve("runtime", RUNTIME_OF[fmt])
-        return opener(path, threads=threads, input_names=input_names), RUNTIME_OF[fmt], None
+        session = opener(path, threads=threads, input_names=input_names, source_inputs=ins, source_outputs=outs)
+        return session, RUNTIME_OF[fmt], None
     if fmt in SOURCE_FORMATS:
         from edgeopt.pipeline import load_source
 
@@ -122,7 +126,9 @@ def open_any(path: Path, *, threads: int | None, input_names: list[str] | None, 
             require_gpu(fmt.framework)
         start = time.perf_counter()
         model, _notes = load_source(path, trust=trust)
-        return SourceSession(model, time.perf_counter() - start), model.handle.framework, model
+        loaded = SourceSession(model, time.perf_counter() - start)
+        loaded.set_source(ins, outs)
+        return loaded, model.handle.framework, model
     raise InputRejected(f"'{path}' is a {fmt.value} file, which edgeopt cannot run.")
 
 
@@ -131,27 +137,30 @@ def validate(config: ValidateConfig, progress: Callable[[str], None] | None = No
     device = parse_device(config.device)
     if not config.artifacts:
         raise UsageError("Give at least one artifact to validate.")
-    reference = None
     ref_session = None
     if config.reference is not None:
         say(f"Loading the reference {config.reference}")
-        ref_session, _kind, reference = open_any(config.reference, threads=config.threads, input_names=None,
-                                                 device="cpu", trust=config.trust_model)
-    names = reference.handle.input_names if reference is not None else None
+        ref_session, _kind, _model = open_any(config.reference, threads=config.threads, input_names=None,
+                                              device="cpu", trust=config.trust_model)
+    # The data's layout and names: the reference's, else the first artifact's.
+    data: Session | None = ref_session
     sessions: dict[str, Session] = {}
     kinds: dict[str, str] = {}
     memory: dict[str, float] = {}
     for path in config.artifacts:
         say(f"Loading {path}")
+        names = [t.name for t in data.inputs] if data is not None else None
         session, kind, _ = open_any(path, threads=config.threads, input_names=names,
-                                    device="cpu" if device.kind == "ssh" else device.kind, trust=config.trust_model)
+                                    device="cpu" if device.kind == "ssh" else device.kind, trust=config.trust_model,
+                                    source=data)
+        data = data or session
         if device.kind == "ssh" and kind not in RUNTIME_OF.values():
             raise UsageError(f"'{path}' is a {kind} source model; a remote device runs TFLite, ONNX or OpenVINO "
                              "artifacts.", hint="Pass it as --reference instead.")
         label = path.name if path.name not in sessions else str(path)
         sessions[label], kinds[label] = session, kind
         memory[label] = rss_mb()
-    inputs = reference.handle.inputs if reference is not None else next(iter(sessions.values())).inputs
+    inputs: tuple[TensorSpec, ...] = data.inputs
     say("Checking the validation data")
     source = cal.open_data(config.val, inputs, role="validation")
     val, _ = cal.select(source, samples=min(source.count, config.max_samples), seed=config.seed)
@@ -180,6 +189,7 @@ def validate(config: ValidateConfig, progress: Callable[[str], None] | None = No
             "size_bytes": _size(path), "latency_ms": stats[label].to_dict(),
             "load_seconds": round(loads[label], 4),
             "fidelity": fid.fidelity(ref_out, outputs[label]),
+            "input_layout": {t.name: t.layout for t in session.inputs},
         }
         if device.kind != "ssh":
             entry["peak_rss_mb"] = round(memory[label], 1)  # this process's; a device's is not measured
@@ -197,8 +207,7 @@ def validate(config: ValidateConfig, progress: Callable[[str], None] | None = No
              for label, st in stats.items() if st.unstable]
     return {"artifacts": artifacts, "reference": ref_entry, "labels": labels is not None, "notes": notes,
             "inputs": [t.describe() for t in inputs],
-            "outputs": [t.describe() for t in (reference.handle.outputs if reference is not None
-                                               else next(iter(sessions.values())).outputs)],
+            "outputs": [t.describe() for t in data.outputs],
             "validation": {"path": str(config.val), "samples": len(val), "seed": config.seed,
                            "sha256": val.sha256(), "labels": labels is not None}}
 
@@ -216,11 +225,14 @@ def _on_remote(config: ValidateConfig, device, sessions: dict[str, Session], kin
     inputs = val.stacked()
     artifacts = [(path, kinds[label]) for path, label in zip(paths, labels)]
     orders = [[t.name for t in sessions[label].inputs] for label in labels]
+    # The device transposes as the local session would; its outputs come back to the data's layout here.
+    axes = [[sessions[label].input_axes(name) for name in order] for label, order in zip(labels, orders)]
     timings, outs = measure(device, options, artifacts, inputs, threads=config.threads, runs=config.runs,
-                            warmup=config.warmup, time_budget_s=config.time_budget_s, orders=orders)
+                            warmup=config.warmup, time_budget_s=config.time_budget_s, orders=orders, axes=axes)
     stats = {label: LatencyStats(**t["latency_ms"]) for label, t in zip(labels, timings)}
     loads = {label: t["load_seconds"] for label, t in zip(labels, timings)}
-    return dict(zip(labels, outs)), stats, loads
+    back = {label: sessions[label].to_source_layout(list(out)) for label, out in zip(labels, outs)}
+    return back, stats, loads
 
 
 def _precision(session: Session) -> str:

@@ -98,8 +98,12 @@ def _scrub(text: str, device: Device) -> str:
 
 def measure(device: Device, options: SshOptions, artifacts: list[tuple[Path, str]], inputs: dict[str, np.ndarray],
             *, threads: int | None, runs: int, warmup: int, time_budget_s: float | None,
-            orders: list[list[str]] | None = None) -> tuple[list[dict], list[list]]:
-    """Run the protocol on the device. Returns per artifact (timings, load time) and its outputs."""
+            orders: list[list[str]] | None = None,
+            axes: list[list[tuple[int, ...] | None]] | None = None) -> tuple[list[dict], list[list]]:
+    """Run the protocol on the device. Returns per artifact (timings, load time) and its outputs.
+
+    ``axes``: per artifact, per input in its order, the transpose into the artifact's layout (None: as is).
+    """
     remote = RemoteDevice(device, options)
     with tempfile.TemporaryDirectory(prefix="edgeopt-remote-") as tmp:
         local = Path(tmp)
@@ -107,7 +111,9 @@ def measure(device: Device, options: SshOptions, artifacts: list[tuple[Path, str
         job = {"inputs": "inputs.npz", "input_names": list(inputs), "threads": threads, "runs": runs,
                "warmup": warmup, "time_budget_s": time_budget_s,
                "artifacts": [{"file": _remote_name(i, p), "runtime": kind,
-                              "order": orders[i] if orders else list(inputs)} for i, (p, kind) in enumerate(artifacts)]}
+                              "order": orders[i] if orders else list(inputs),
+                              "axes": [list(a) if a else None for a in axes[i]] if axes else None}
+                             for i, (p, kind) in enumerate(artifacts)]}
         (local / "job.json").write_text(json.dumps(job))
         uploads = [local / "job.json", local / "inputs.npz", Path(remote_runner.__file__)]
         for i, (path, _kind) in enumerate(artifacts):

@@ -127,6 +127,13 @@ class _OpenVino:
 RUNTIMES = {"tflite": _TFLite, "onnx": _Onnx, "openvino": _OpenVino}
 
 
+def _sample(data, order: list[str], axes: list, s: int) -> list[np.ndarray]:
+    """Sample ``s`` of each input, transposed into the artifact's own layout where edgeopt says so
+    (outputs go back as they are; edgeopt turns them back into the data's layout)."""
+    return [np.ascontiguousarray(np.transpose(data[n][s:s + 1], a)) if a else data[n][s:s + 1]
+            for n, a in zip(order, axes)]
+
+
 def run_job(job_path: Path) -> dict:
     job = json.loads(job_path.read_text())
     job["threads"] = job.get("threads") or os.cpu_count() or 1  # default: every core of the device
@@ -139,16 +146,18 @@ def run_job(job_path: Path) -> dict:
         start = time.perf_counter()
         model = RUNTIMES[art["runtime"]](str(folder / art["file"]), job["threads"])
         load_seconds = time.perf_counter() - start
+        order = art.get("order", names)
+        axes = art.get("axes") or [None] * len(order)
         per_output: list[list[np.ndarray]] = []
         for s in range(count):
-            model.set([data[n][s:s + 1] for n in art.get("order", names)])
+            model.set(_sample(data, order, axes, s))
             model.invoke()
             outs = model.results()
             per_output = per_output or [[] for _ in outs]
             for bucket, out in zip(per_output, outs):
                 bucket.append(out)
         np.savez(folder / f"outputs_{i}.npz", *[np.concatenate(b) for b in per_output])
-        model.set([data[n][0:1] for n in art.get("order", names)])
+        model.set(_sample(data, order, axes, 0))
         models.append(model)
         results.append({"load_seconds": load_seconds})
     timings = interleave([m.invoke for m in models], job["runs"], job["warmup"], job.get("time_budget_s"))

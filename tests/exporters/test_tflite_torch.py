@@ -1,5 +1,5 @@
 """PyTorch -> TFLite through litert-torch and ai-edge-quantizer: float accuracy, full-integer int8
-with float or int8 I/O, fp16 weights, and the NCHW layout kept from the source."""
+with float or int8 I/O, fp16 weights, and NHWC image inputs (NCHW kept on request)."""
 
 from __future__ import annotations
 
@@ -32,22 +32,29 @@ def _source(torch_model, name):
 
 
 def _by_position(path, feed):
-    """The TFLite signature calls inputs args_0, args_1...: feed them in forward() order."""
+    """The TFLite signature calls inputs args_0, args_1...: feed them in forward() order, NCHW
+    images moved channels-last where the model takes NHWC."""
     from ai_edge_litert.interpreter import Interpreter
 
-    names = [d["name"] for d in Interpreter(model_path=str(path)).get_input_details()]
-    ordered = sorted(names, key=lambda n: int(n.rsplit("_", 1)[-1]))
-    return {tfl: feed[src] for tfl, src in zip(ordered, feed)}
+    details = Interpreter(model_path=str(path)).get_input_details()
+    ordered = sorted(details, key=lambda d: int(d["name"].rsplit("_", 1)[-1]))
+    fed = {}
+    for detail, value in zip(ordered, feed.values()):
+        if value.ndim == 4 and tuple(detail["shape"][1:]) != value.shape[1:]:
+            value = np.ascontiguousarray(value.transpose(0, 2, 3, 1))
+        fed[detail["name"]] = value
+    return fed
 
 
-def test_fp32_matches_source_and_keeps_nchw(torch_model, tmp_path):
+@pytest.mark.parametrize("keep_layout, shape", [(False, (1, 16, 16, 3)), (True, (1, 3, 16, 16))])
+def test_fp32_matches_source_in_nhwc_or_kept_nchw(keep_layout, shape, torch_model, tmp_path):
     source = _source(torch_model, "residual")
-    result = tflite_torch.export_torch(source, tmp_path / "m.tflite", precision="fp32")
+    result = tflite_torch.export_torch(source, tmp_path / "m.tflite", precision="fp32", keep_layout=keep_layout)
     assert result.precision == "fp32" and detect_format(result.path) is Format.TFLITE
     from ai_edge_litert.interpreter import Interpreter
 
     (detail,) = Interpreter(model_path=str(result.path)).get_input_details()
-    assert tuple(detail["shape"]) == (1, 3, 16, 16)
+    assert tuple(detail["shape"]) == shape
     feed = tiny_models.random_feed("residual", VAL, seed=7)
     assert np.abs(run_tflite(result.path, _by_position(result.path, feed)) - source.predict(feed)[0]).max() < FP32_ATOL
 

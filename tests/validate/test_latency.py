@@ -29,7 +29,7 @@ class FakeSession(Session):
         self.prepared = []
         self.raw_runs = 0
 
-    def prepare(self, feed):
+    def _prepare(self, feed):
         self.prepared.append(feed)
         self.log.append(("prepare", self.name))
 
@@ -38,7 +38,7 @@ class FakeSession(Session):
         self.raw_runs += 1
         self.log.append(("run", self.name))
 
-    def run(self, feed):
+    def _run(self, feed):
         return [np.asarray(feed["x"]) * 2]
 
 

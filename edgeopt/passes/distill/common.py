@@ -76,6 +76,16 @@ class EarlyStopping:
         return False
 
 
+def end_epoch(epoch: int, losses: list[float], teacher_held: np.ndarray, student_held: np.ndarray, probs: bool,
+              result: DistillResult, stopper: EarlyStopping, on_epoch: Callable[[EpochLog], None] | None) -> bool:
+    """Judge the epoch on held-out data, report it, and say whether to stop."""
+    log = EpochLog(epoch, float(np.mean(losses)), agreement(teacher_held, student_held),
+                   divergence(teacher_held, student_held, probs))
+    if on_epoch:
+        on_epoch(log)
+    return stopper.update(log, result)
+
+
 def outputs_are_probabilities(values: np.ndarray) -> bool:
     return values.ndim == 2 and values.min() >= 0 and np.allclose(values.sum(1), 1.0, atol=1e-3)
 

@@ -14,8 +14,7 @@ import numpy as np
 
 from edgeopt.deps import require
 from edgeopt.passes.distill.common import (EPS, DistillResult, DistillSettings, EarlyStopping, EpochLog,
-                                           agreement, divergence, epoch_reporter, outputs_are_probabilities,
-                                           soft_targets)
+                                           end_epoch, epoch_reporter, outputs_are_probabilities, soft_targets)
 
 
 def distill(teacher, student, train: dict[str, np.ndarray], held: dict[str, np.ndarray], *,
@@ -69,12 +68,7 @@ def distill(teacher, student, train: dict[str, np.ndarray], held: dict[str, np.n
             step += 1
             if step_hook:
                 step_hook(step, total)
-        student_held = _predict(student, held, names)
-        log = EpochLog(epoch, float(np.mean(losses)), agreement(teacher_held, student_held),
-                       divergence(teacher_held, student_held, probs))
-        if on_epoch:
-            on_epoch(log)
-        if stopper.update(log, result):
+        if end_epoch(epoch, losses, teacher_held, _predict(student, held, names), probs, result, stopper, on_epoch):
             break
     if step_hook is None:  # a sparsity schedule must end on its final masks, not an earlier epoch
         student.set_weights(stopper.best_state)
