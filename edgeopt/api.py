@@ -20,7 +20,8 @@ def compress(model: str | Path, *, target: str = "tflite", calib: str | Path | N
 
     Same defaults and checks as ``edgeopt compress``; raises :class:`edgeopt.errors.EdgeoptError`
     subclasses for bad input. A PyTorch model is named ``"net.py:build_model"`` with ``weights``
-    (a state_dict file) and ``input_shapes`` (``{"image": (1, 3, 224, 224)}``, or taken from ``calib``).
+    (a state_dict file) and ``input_shapes`` (``{"image": (1, 3, 224, 224)}``, or taken from ``calib``);
+    its TFLite model takes NHWC images unless ``keep_layout``, while the data stays NCHW.
     ``prune`` and ``distill`` take the recipe's settings, e.g. ``prune={"method": "channels", "ratio": 0.5}``.
     """
     config = recipe.build(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -77,6 +79,9 @@ def handle_errors(fn):
         from edgeopt.console import err
 
         debug = bool(os.environ.get("EDGEOPT_DEBUG"))
+        # CI cancels a job with SIGTERM: clean up as for Ctrl-C rather than die with staged files.
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
         try:
             return fn(*args, **kwargs)
         except EdgeoptError as exc:
@@ -91,14 +96,28 @@ def handle_errors(fn):
             err.print("[bold red]interrupted[/]: partial outputs were removed; earlier outputs are untouched.")
             sys.exit(130)
         except Exception as exc:  # a bug or a backend failure nobody anticipated
+            from edgeopt.outputs import disk_full
+
             if debug:
                 err.print_exception()
+            if disk_full(exc):  # e.g. a --junit file written outside any staged output
+                err.print(f"[bold red]error:[/] no space left on the device: {escape(str(exc))}",
+                          highlight=False, soft_wrap=True)
+                err.print("[yellow]hint:[/] free some space or write elsewhere, then run again.")
+                sys.exit(5)
             err.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {escape(str(exc))}",
                       highlight=False, soft_wrap=True)
             err.print("[yellow]hint:[/] run again with --debug for the traceback, and report it.")
             sys.exit(4)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 @click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
@@ -146,9 +165,9 @@ def main(debug: bool) -> None:
 @click.option("--threads", type=click.IntRange(min=1), help="Runtime threads [default: all cores].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @handle_errors
-def compress(model, target, calib, val, precision, int8_io, keep_layout, calib_samples, seed, image_size, mean, std, layout,
-             color, output, trust_model, weights, input_shapes, prune_spec, distill, distill_data, distill_epochs,
-             no_validate, runs, warmup, threads, quiet):
+def compress(model, target, calib, val, precision, int8_io, keep_layout, calib_samples, seed, image_size, mean, std,
+             layout, color, output, trust_model, weights, input_shapes, prune_spec, distill, distill_data,
+             distill_epochs, no_validate, runs, warmup, threads, quiet):
     """Compress MODEL for an edge target and validate the artifact against it.
 
     \b

@@ -107,13 +107,20 @@ def _needs_litert_torch():
     pytest.importorskip("ai_edge_quantizer")
 
 
+def _inputs_in_order(path) -> list[dict]:
+    """The TFLite model's input details in forward() order (litert-torch names them ..._args_<i>)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    details = Interpreter(model_path=str(path)).get_input_details()
+    return sorted(details, key=lambda d: int(d["name"].split(":")[0].rsplit("_", 1)[-1]))
+
+
 def _tflite_shapes(path):
     from ai_edge_litert.interpreter import Interpreter
 
-    interp = Interpreter(model_path=str(path))
-    order = lambda d: int(d["name"].rsplit("_", 1)[-1]) if d["name"].rsplit("_", 1)[-1].isdigit() else 0  # noqa: E731
-    return ([tuple(int(x) for x in d["shape"]) for d in sorted(interp.get_input_details(), key=order)],
-            [tuple(int(x) for x in d["shape"]) for d in interp.get_output_details()])
+    outputs = Interpreter(model_path=str(path)).get_output_details()
+    return ([tuple(int(x) for x in d["shape"]) for d in _inputs_in_order(path)],
+            [tuple(int(x) for x in d["shape"]) for d in outputs])
 
 
 @pytest.mark.slow
@@ -162,7 +169,8 @@ def test_two_inputs_move_only_the_image(torch_model, nchw_calib, tmp_path):
     import torch
 
     feed = tiny_models.random_feed("two_input", 16, seed=9)
-    nhwc = {"args_0": feed["image"].transpose(0, 2, 3, 1).copy(), "args_1": feed["meta"]}
+    image, meta = (d["name"] for d in _inputs_in_order(out / "nets_int8.tflite"))
+    nhwc = {image: feed["image"].transpose(0, 2, 3, 1).copy(), meta: feed["meta"]}
     with torch.no_grad():
         expected = reference(*[torch.from_numpy(feed[n]) for n in ("image", "meta")]).numpy()
     assert tiny_models.cosine(run_tflite(out / "nets_int8.tflite", nhwc), expected) >= INT8_MIN_COSINE
@@ -250,7 +258,8 @@ def test_validate_in_the_first_artifacts_layout(two_layouts, tmp_path):
     out = tmp_path / "out"
     _validate(two_layouts["tflite"], two_layouts["onnx"], "--val", val, "-o", out)
     tflite, onnx = json.loads((out / "report.json").read_text())["artifacts"]
-    assert tflite["input_layout"] == {"image": "nhwc"} and onnx["input_layout"] == {"image": "nchw"}
+    # One input, named as the first artifact names it.
+    assert list(tflite["input_layout"].values()) == ["nhwc"] and list(onnx["input_layout"].values()) == ["nchw"]
     assert onnx["fidelity"]["max_abs_err"] < FP32_ATOL
 
 

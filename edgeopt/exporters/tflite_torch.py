@@ -3,9 +3,10 @@
 litert-torch keeps the module's own layout, so NCHW image inputs (and 4-D image outputs) are moved
 channels-last first with ``litert_torch.to_channel_last_io``: TFLite kernels and delegates are
 built for NHWC, and a model that takes NCHW runs transposes inside. ``keep_layout`` keeps NCHW.
-The quantizer works on the float flatbuffer: fp16 casts weights, int8 with calibration data quantizes weights and activations
-(inputs and outputs stay float unless int8 I/O is asked for), int8 without data quantizes weights
-and lets the runtime quantize activations on the fly.
+
+The quantizer works on the float flatbuffer: fp16 casts weights, int8 with calibration data
+quantizes weights and activations (inputs and outputs stay float unless int8 I/O is asked for),
+int8 without data quantizes weights and lets the runtime quantize activations on the fly.
 
 There is no ONNX -> TFLite route here: onnx2tf cannot be installed beside this TensorFlow, and
 going through PyTorch needs onnx2torch, which needs torchvision.

@@ -8,8 +8,10 @@ here, once for every runtime.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -73,7 +75,7 @@ class Session(ABC):
         specs = []
         for own in self.inputs:
             data = source.get(own.name)
-            axes = layout_axes(data.shape, own.shape, _AXES.get((data.layout, own.layout))) if data else None
+            axes = None if data is None else layout_axes(data.shape, own.shape, _AXES.get((data.layout, own.layout)))
             if axes is not None:
                 in_axes[own.name] = axes
                 own = TensorSpec(own.name, own.shape, own.dtype, _LAYOUT_AFTER[axes])
@@ -139,3 +141,22 @@ class Session(ABC):
             for bucket, out in zip(per_output, outs):
                 bucket.append(out)
         return [np.concatenate(b) for b in per_output]
+
+
+def default_threads() -> int:
+    """Every core this process may use: what a deployed runtime would get on a dedicated device."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def opener(cls: type[Session]) -> Callable[..., Session]:
+    """The registry's ``open_session`` for a runtime: one signature, one place that wires the source."""
+
+    def open_session(path: Path, *, threads: int | None = None, input_names: list[str] | None = None,
+                     source_inputs: tuple[TensorSpec, ...] | None = None,
+                     source_outputs: tuple[TensorSpec, ...] | None = None, device: str = "cpu") -> Session:
+        session = cls(Path(path), threads=threads or default_threads(), input_names=input_names, device=device)
+        session.set_source(source_inputs, source_outputs)
+        return session
+
+    open_session.__doc__ = f"Open an artifact in a {cls.__name__}, fed in the source model's layout."
+    return open_session

@@ -9,23 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from edgeopt.deps import quiet_stderr, require
-from edgeopt.errors import InputRejected
+from edgeopt.errors import EnvironmentProblem, InputRejected
 from edgeopt.frameworks.base import guess_layout
 from edgeopt.model import TensorSpec
-from edgeopt.targets.base import Session
+from edgeopt.targets.base import Session, default_threads, opener  # noqa: F401
 from edgeopt.validate.remote_runner import dequantize, quantize
 
 
-def default_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def open_session(path: Path, *, threads: int | None = None, input_names: list[str] | None = None,
-                 source_inputs: tuple[TensorSpec, ...] | None = None,
-                 source_outputs: tuple[TensorSpec, ...] | None = None) -> LiteRTSession:
-    session = LiteRTSession(Path(path), threads=threads or default_threads(), input_names=input_names)
-    session.set_source(source_inputs, source_outputs)
-    return session
 
 
 def _signature_name(raw: str) -> str:
@@ -35,7 +25,11 @@ def _signature_name(raw: str) -> str:
 
 
 class LiteRTSession(Session):
-    def __init__(self, path: Path, *, threads: int, input_names: list[str] | None = None) -> None:
+    def __init__(self, path: Path, *, threads: int, input_names: list[str] | None = None,
+                 device: str = "cpu") -> None:
+        if device != "cpu":
+            raise EnvironmentProblem(f"LiteRT runs '{path.name}' on the CPU here; its GPU delegate is for mobile GPUs.",
+                                     hint="Validate TFLite on the device itself with --device ssh://user@host.")
         litert = require("ai_edge_litert.interpreter", "Running TFLite models")
         start = time.perf_counter()
         self._litert = litert
@@ -99,3 +93,6 @@ def _quantize(value: np.ndarray, detail: dict) -> np.ndarray:
 
 def _dequantize(value: np.ndarray, detail: dict) -> np.ndarray:
     return dequantize(value, *detail["quantization"])
+
+
+open_session = opener(LiteRTSession)

@@ -14,19 +14,10 @@ from edgeopt.deps import require
 from edgeopt.frameworks.base import guess_layout
 from edgeopt.model import TensorSpec
 from edgeopt.names import match_inputs
-from edgeopt.targets.base import Session
+from edgeopt.targets.base import Session, default_threads, opener  # noqa: F401
+from edgeopt.validate.devices import gpu_providers
 
 
-def default_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def open_session(path: Path, *, threads: int | None = None, input_names: list[str] | None = None,
-                 source_inputs: tuple[TensorSpec, ...] | None = None,
-                 source_outputs: tuple[TensorSpec, ...] | None = None) -> OrtSession:
-    session = OrtSession(Path(path), threads=threads or default_threads(), input_names=input_names)
-    session.set_source(source_inputs, source_outputs)
-    return session
 
 
 def _affinities(threads: int) -> str | None:
@@ -43,17 +34,21 @@ def _affinities(threads: int) -> str | None:
 
 
 class OrtSession(Session):
-    def __init__(self, path: Path, *, threads: int, input_names: list[str] | None = None) -> None:
+    def __init__(self, path: Path, *, threads: int, input_names: list[str] | None = None,
+                 device: str = "cpu") -> None:
         from edgeopt.frameworks.onnx import ort_error
 
         ort = require("onnxruntime", "Running ONNX models")
         self._ort = ort
         self.path = path
         self.threads = threads
+        self.device = device
+        # On the GPU, nodes without a CUDA kernel run on the CPU provider: counted by fallback_ops().
+        self._providers = [*gpu_providers(), "CPUExecutionProvider"] if device == "gpu" else ["CPUExecutionProvider"]
         options = self._options(ort, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
         start = time.perf_counter()
         try:
-            self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self._session = ort.InferenceSession(str(path), options, providers=self._providers)
         except Exception as exc:
             raise ort_error(path, exc) from exc
         self.load_seconds = time.perf_counter() - start
@@ -91,6 +86,25 @@ class OrtSession(Session):
         outs = self._session.run(None, self._feed)
         return [o.astype(np.float32) if o.dtype.kind == "f" and o.dtype != np.float32 else o for o in outs]
 
+    def fallback_ops(self) -> dict[str, int]:
+        """Node types that ran on the CPU provider although a GPU provider was asked for, with counts.
+
+        Read from ONNX Runtime's own profile of one inference, which names each node's provider.
+        """
+        if self.device != "gpu":
+            return {}
+        with tempfile.TemporaryDirectory(prefix=".edgeopt-ort-") as tmp:
+            options = self._options(self._ort, self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+            options.enable_profiling = True
+            options.profile_file_prefix = str(Path(tmp) / "profile")
+            session = self._ort.InferenceSession(str(self.path), options, providers=self._providers)
+            session.run(None, self._feed or self._zeros())
+            return cpu_nodes(Path(session.end_profiling()))
+
+    def _zeros(self) -> dict[str, np.ndarray]:
+        return {i.name: np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in i.shape], dtype=dt)
+                for i, dt in zip(self._session.get_inputs(), self._dtypes)}
+
     def ops(self) -> list[dict]:
         """The nodes ONNX Runtime executes after its graph fusions, with the dtype each computes in.
 
@@ -105,6 +119,19 @@ class OrtSession(Session):
             self._ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
             model = onnx.load(options.optimized_model_filepath)
         return node_dtypes(onnx, model)
+
+
+def cpu_nodes(profile: Path) -> dict[str, int]:
+    """Op types of the nodes an ONNX Runtime profile shows on the CPU provider, with counts."""
+    import json
+
+    counts: dict[str, int] = {}
+    for event in json.loads(profile.read_text()):
+        args = event.get("args") or {}
+        if event.get("cat") == "Node" and args.get("provider") == "CPUExecutionProvider" \
+                and event.get("name", "").endswith("_kernel_time"):
+            counts[args.get("op_name", "?")] = counts.get(args.get("op_name", "?"), 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def node_dtypes(onnx: Any, model: Any) -> list[dict]:
@@ -160,3 +187,6 @@ def _onnx_dtype(onnx: Any, elem_type: int) -> str:
 
 def _shape(dims: list[Any]) -> tuple[int | None, ...]:
     return tuple(d if isinstance(d, int) and d > 0 else None for d in dims)
+
+
+open_session = opener(OrtSession)

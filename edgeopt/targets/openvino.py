@@ -19,7 +19,7 @@ from edgeopt.errors import ConversionError, InputRejected
 from edgeopt.frameworks.base import guess_layout
 from edgeopt.model import TensorSpec
 from edgeopt.names import match_inputs
-from edgeopt.targets.base import Session
+from edgeopt.targets.base import Session, default_threads, opener  # noqa: F401
 
 # OpenVINO's short precision names, as numpy dtype names.
 _PRECISIONS = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "f64": "float64", "i8": "int8", "u8": "uint8",
@@ -29,20 +29,11 @@ _PRECISIONS = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "f64": "f
 _NOT_COMPUTE = {"Input", "Output", "Const"}
 
 
-def default_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def open_session(path: Path, *, threads: int | None = None, input_names: list[str] | None = None,
-                 source_inputs: tuple[TensorSpec, ...] | None = None,
-                 source_outputs: tuple[TensorSpec, ...] | None = None) -> OpenVinoSession:
-    session = OpenVinoSession(Path(path), threads=threads or default_threads(), input_names=input_names)
-    session.set_source(source_inputs, source_outputs)
-    return session
 
 
 class OpenVinoSession(Session):
-    def __init__(self, path: Path, *, threads: int, input_names: list[str] | None = None) -> None:
+    def __init__(self, path: Path, *, threads: int, input_names: list[str] | None = None,
+                 device: str = "cpu") -> None:
         ov = require("openvino", "Running OpenVINO models")
         self.path = path
         self.threads = threads
@@ -55,12 +46,14 @@ class OpenVinoSession(Session):
             model = core.read_model(str(path))
         except Exception as exc:
             raise InputRejected(f"OpenVINO cannot read '{path}': {_first_line(exc)}") from exc
+        plugin = "GPU" if device == "gpu" else "CPU"
         config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "ENABLE_CPU_PINNING": True,
-                  "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+                  "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"} if plugin == "CPU" else \
+            {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}  # thread and pinning settings are CPU-only
         try:
-            self._compiled = core.compile_model(model, "CPU", config)
+            self._compiled = core.compile_model(model, plugin, config)
         except Exception as exc:
-            raise ConversionError(f"The OpenVINO CPU plugin cannot compile '{path}': {_first_line(exc)}",
+            raise ConversionError(f"The OpenVINO {plugin} plugin cannot compile '{path}': {_first_line(exc)}",
                                   hint="An op may be unsupported on CPU; run with --debug for the full log.") from exc
         self.load_seconds = time.perf_counter() - start
         self._request = self._compiled.create_infer_request()
@@ -120,3 +113,6 @@ def _shape(port: Any) -> tuple[int | None, ...]:
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+open_session = opener(OpenVinoSession)

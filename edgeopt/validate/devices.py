@@ -52,15 +52,10 @@ def gpu_providers() -> list[str]:
 
 def require_gpu(runtime: str) -> None:
     """Fail with exit 5 when ``runtime`` has no GPU path on this machine."""
-    available = {
-        "onnx": bool(gpu_providers()),
-        "openvino": _openvino_has_gpu(),
-        "torch": _torch_has_cuda(),
-    }.get(runtime, False)
+    available = {"onnx": bool(gpu_providers()), "openvino": _openvino_has_gpu()}.get(runtime, False)
     if not available:
         how = {"onnx": 'install onnxruntime-gpu on a machine with an NVIDIA GPU and driver',
                "openvino": "install the GPU plugin and driver (an Intel GPU)",
-               "torch": "install a CUDA build of PyTorch on a machine with an NVIDIA GPU",
                "tflite": "LiteRT's GPU delegate is for mobile GPUs; validate on the device over ssh://"}
         raise EnvironmentProblem(f"--device gpu: no GPU runtime for {runtime} artifacts on this machine.",
                                  hint=how.get(runtime, "validate on --device cpu") + ".")
@@ -75,11 +70,3 @@ def _openvino_has_gpu() -> bool:
         except ImportError:
             return False
         return any(d.startswith("GPU") for d in ov.Core().available_devices)
-
-
-def _torch_has_cuda() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())

@@ -3,7 +3,8 @@
 Every artifact (and the reference, when it can run) is loaded in its own runtime, fed the same
 samples in its own layout, compared with the reference output, and timed interleaved with the
 others under one protocol. The samples are in the reference's layout (the first artifact's
-without one); each session transposes them into its own and its 4-D outputs back. The report has the same schema as compress's.
+without one); each session transposes them into its own and its 4-D outputs back. The report has
+the same schema as compress's.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 
 from edgeopt import calibration as cal
 from edgeopt import registry
-from edgeopt.errors import InputRejected, UsageError
+from edgeopt.errors import EnvironmentProblem, InputRejected, UsageError
 from edgeopt.formats import SOURCE_FORMATS, detect_format
 from edgeopt.model import Format, TensorSpec
 from edgeopt.targets.base import Session
@@ -117,13 +118,17 @@ def open_any(path: Path, *, threads: int | None, input_names: list[str] | None, 
         if device == "gpu":
             require_gpu(RUNTIME_OF[fmt])
         opener = registry.resolve("runtime", RUNTIME_OF[fmt])
-        session = opener(path, threads=threads, input_names=input_names, source_inputs=ins, source_outputs=outs)
+        session = opener(path, threads=threads, input_names=input_names, source_inputs=ins, source_outputs=outs,
+                         device=device)
         return session, RUNTIME_OF[fmt], None
     if fmt in SOURCE_FORMATS:
         from edgeopt.pipeline import load_source
 
         if device == "gpu":
-            require_gpu(fmt.framework)
+            # Source models are timed in their own framework on the CPU; GPU timing is for artifacts.
+            raise EnvironmentProblem(f"--device gpu measures ONNX and OpenVINO artifacts; '{path}' is a "
+                                     f"{fmt.value} source model.",
+                                     hint="Export it with edgeopt compress --target onnx, then validate that.")
         start = time.perf_counter()
         model, _notes = load_source(path, trust=trust)
         loaded = SourceSession(model, time.perf_counter() - start)

@@ -4,6 +4,7 @@ runtime really executes after its fusions."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,3 +85,38 @@ def test_unreadable_file_is_rejected(tmp_path):
     with pytest.raises(InputRejected, match="ONNX Runtime cannot load") as info:
         ort_target.open_session(path)
     assert info.value.exit_code == 3
+
+
+def test_cpu_nodes_counts_nodes_a_profile_places_on_the_cpu(tmp_path):
+    import json
+
+    from edgeopt.targets.onnxruntime import cpu_nodes
+
+    events = [
+        {"cat": "Node", "name": "conv1_kernel_time", "args": {"op_name": "Conv", "provider": "CUDAExecutionProvider"}},
+        {"cat": "Node", "name": "resize_kernel_time", "args": {"op_name": "Resize", "provider": "CPUExecutionProvider"}},
+        {"cat": "Node", "name": "resize_fence_before", "args": {"op_name": "Resize", "provider": "CPUExecutionProvider"}},
+        {"cat": "Node", "name": "nms_kernel_time", "args": {"op_name": "NonMaxSuppression",
+                                                            "provider": "CPUExecutionProvider"}},
+        {"cat": "Session", "name": "model_run", "args": {}},
+    ]
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps(events))
+    assert cpu_nodes(profile) == {"NonMaxSuppression": 1, "Resize": 1}
+
+
+def test_a_real_profile_on_the_cpu_names_every_node(onnx_model):
+    """On the CPU provider every node is a 'CPU' node: the profile parsing sees them all."""
+    import onnxruntime as ort
+
+    from edgeopt.targets.onnxruntime import cpu_nodes
+
+    session = ort_target.open_session(onnx_model("residual"), threads=1)
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(Path(session.path).parent / "edgeopt_profile")
+    profiled = ort.InferenceSession(str(session.path), options, providers=["CPUExecutionProvider"])
+    profiled.run(None, session._zeros())
+    counts = cpu_nodes(Path(profiled.end_profiling()))
+    assert counts.get("Conv", 0) >= 2 and sum(counts.values()) >= 4
+    assert session.fallback_ops() == {}  # nothing to report when no GPU was asked for

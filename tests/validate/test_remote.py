@@ -128,3 +128,25 @@ def test_unreachable_device_is_exit_5(sshd, artifacts, tmp_path):
     proc = _validate(sshd, artifacts[:1], tmp_path / "out", device=f"ssh://127.0.0.1:{_free_port()}")
     assert proc.returncode == 5, proc.stderr
     assert "Cannot reach" in proc.stderr
+
+
+@pytest.mark.slow
+def test_remote_feeds_an_nhwc_artifact_from_nchw_data(sshd, torch_model, nchw_calib, tmp_path):
+    """The device transposes the NCHW data for an NHWC TFLite model as a local session would."""
+    for module in ("torch", "litert_torch", "onnxscript", "onnxruntime"):
+        pytest.importorskip(module)
+    import edgeopt
+
+    spec, weights, _ = torch_model("residual")
+    edgeopt.compress(spec, target="onnx,tflite", weights=weights, calib=nchw_calib("residual"), precision="fp32",
+                     validate=False, output=tmp_path / "m")
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgeopt.cli", "validate", str(tmp_path / "m/nets_fp32.tflite"), "--reference",
+         str(tmp_path / "m/nets_fp32.onnx"), "--val", str(nchw_calib("residual", n=16, seed=5)),
+         "--device", f"ssh://{sshd['user']}@127.0.0.1:{sshd['port']}", "--runs", "5", "--threads", "1",
+         "--remote-python", sys.executable, "--ssh-key", str(sshd["dir"] / "client"),
+         "--known-hosts", str(sshd["dir"] / "known_hosts"), "-o", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    (artifact,) = json.loads((tmp_path / "out/report.json").read_text())["artifacts"]
+    assert artifact["input_layout"] == {"image": "nhwc"} and artifact["fidelity"]["max_abs_err"] < 1e-4
