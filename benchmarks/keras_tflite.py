@@ -36,7 +36,9 @@ from edgeopt.validate.latency import measure_interleaved  # noqa: E402
 
 def make_models(work: Path) -> list[tuple[str, Path, Path]]:
     """(name, model file, calibration npz) for each benchmarked model."""
-    import keras
+    from edgeopt.deps import require
+
+    keras = require("keras", "The TFLite benchmark")  # imported quietly, as edgeopt does
 
     models = [("digits CNN", ROOT / "examples/digits/digits_cnn.h5", ROOT / "calibration_data/digits/calib.npz")]
     keras.utils.set_random_seed(0)
