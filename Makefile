@@ -30,7 +30,9 @@ test: $(VENV)/.installed-all
 	if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 bench: $(VENV)/.installed-all
-	$(PY) benchmarks/run.py
+	$(PY) benchmarks/keras_tflite.py
+	$(PY) benchmarks/nine_paths.py
+	$(PY) benchmarks/prune_cost.py
 
 clean:
 	rm -rf $(VENV) edgeopt_out
