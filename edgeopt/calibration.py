@@ -18,6 +18,7 @@ from typing import IO, Literal
 import numpy as np
 
 from edgeopt.errors import InputRejected, UsageError
+from edgeopt.formats import ZIP_ERRORS
 from edgeopt.model import TensorSpec
 
 LABELS = "labels"
@@ -75,8 +76,24 @@ class _NpzMember(_Column):
     def __init__(self, archive: Path, member: str) -> None:
         self._archive = archive
         self._member = member
-        with zipfile.ZipFile(archive) as zf, zf.open(member) as fh:
-            shape, fortran, dtype = _read_npy_header(fh, f"{archive}[{member}]")
+        try:
+            with zipfile.ZipFile(archive) as zf, zf.open(member) as fh:
+                shape, fortran, dtype = _read_npy_header(fh, f"{archive}[{member}]")
+                stored = zf.getinfo(member).file_size - fh.tell()
+        except ZIP_ERRORS as exc:
+            raise InputRejected(f"Cannot read {archive}[{member}]: {exc}",
+                                hint="The archive is damaged; save it again with numpy.savez.") from exc
+        if dtype.hasobject:
+            raise InputRejected(f"{archive}[{member}] has dtype {dtype}: it holds pickled Python objects, which "
+                                "edgeopt never unpickles.", hint="Save numeric arrays (float32 inputs, int64 labels).")
+        # The header is only a claim: a few bytes can declare 10^9 samples, which sampling would
+        # then index. The member's size, which zipfile enforces on read, must match it.
+        declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if declared != stored:
+            raise InputRejected(
+                f"{archive}[{member}] declares shape {shape} of {dtype} ({declared} bytes) but holds {stored} bytes.",
+                hint="The archive is truncated or was not written by numpy.savez; save it again.",
+            )
         if fortran and len(shape) > 1:
             raise InputRejected(
                 f"{archive}[{member}] is stored in Fortran order, which cannot be streamed.",
@@ -95,8 +112,12 @@ class _NpzMember(_Column):
             for i in indices:
                 if i < position:
                     raise ValueError("rows must be requested in increasing order")
-                _skip(fh, (i - position) * row_bytes)
-                raw = fh.read(row_bytes)
+                try:
+                    _skip(fh, (i - position) * row_bytes)
+                    raw = fh.read(row_bytes)
+                except ZIP_ERRORS as exc:  # a CRC or deflate failure shows only when read
+                    raise InputRejected(f"{self.origin} cannot be read at sample {i}: {exc}",
+                                        hint="The archive is damaged; save it again with numpy.savez.") from exc
                 if len(raw) != row_bytes:
                     raise InputRejected(f"{self.origin} is truncated at sample {i}.")
                 position = i + 1
@@ -244,6 +265,10 @@ def open_data(path: Path | str, inputs: Sequence[TensorSpec], images: ImageOptio
     for spec in inputs:
         _check_column(source.columns[spec.name], spec, role)
         source.dtypes[spec.name] = np.dtype(spec.dtype)
+    if source.labels is not None and source.labels.dtype.kind not in "biuf":
+        raise InputRejected(f"The {role} labels {source.labels.origin} have dtype {source.labels.dtype}; "
+                            "expected class indices (integers) or one-hot numbers.",
+                            hint="Save labels as numpy.int64, e.g. numpy.savez(path, ..., labels=y.astype('int64')).")
     return source
 
 
@@ -274,7 +299,7 @@ def _open_npz(path: Path, inputs: Sequence[TensorSpec]) -> DataSource:
     try:
         with zipfile.ZipFile(path) as zf:
             members = [m for m in zf.namelist() if m.endswith(".npy")]
-    except (zipfile.BadZipFile, OSError) as exc:
+    except ZIP_ERRORS as exc:
         raise InputRejected(f"Cannot read '{path}' as an .npz archive: {exc}") from exc
     columns = {m[:-4]: _NpzMember(path, m) for m in members}
     labels = columns.pop(LABELS, None)
@@ -341,8 +366,10 @@ def _image_loader(spec: TensorSpec, opts: ImageOptions, folder: Path):
             with image_module.open(p) as img:
                 img = img.convert("L" if color == "gray" else "RGB").resize((size[1], size[0]))
                 pixels = np.asarray(img, dtype=np.float32) / 255.0
-        except OSError as exc:
-            raise InputRejected(f"Cannot read the image '{p}': {exc}") from exc
+        # Pillow refuses images of more than twice its pixel limit (a decompression bomb).
+        except (OSError, ValueError, image_module.DecompressionBombError) as exc:
+            raise InputRejected(f"Cannot read the image '{p}': {exc}",
+                                hint="Replace or remove that file; the folder must hold ordinary images.") from exc
         if pixels.ndim == 2:
             pixels = pixels[..., np.newaxis]
         pixels = (pixels - mean) / std

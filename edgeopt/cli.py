@@ -79,12 +79,32 @@ def handle_errors(fn):
         from edgeopt.console import err
 
         debug = bool(os.environ.get("EDGEOPT_DEBUG"))
-        # CI cancels a job with SIGTERM: clean up as for Ctrl-C rather than die with staged files.
+        # Ctrl-C, and SIGTERM (how CI cancels a job), raise KeyboardInterrupt so that staged files
+        # are removed on the way out. The signal is also remembered: a KeyboardInterrupt raised
+        # inside a framework's C code can come out as some other exception.
+        from edgeopt.outputs import interrupt_requested
+
+        interrupted: list[int] = []
+        interrupt_requested.clear()
+
+        def on_signal(signum: int, frame: object) -> None:
+            interrupted.append(signum)
+            interrupt_requested.set()
+            raise KeyboardInterrupt
+
+        def exit_interrupted() -> None:
+            if debug:
+                err.print_exception()
+            err.print("[bold red]interrupted[/]: partial outputs were removed; earlier outputs are untouched.")
+            sys.exit(130)
+
         in_main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
         try:
             return fn(*args, **kwargs)
         except EdgeoptError as exc:
+            if interrupted:
+                exit_interrupted()
             if debug:
                 err.print_exception()
             # Messages quote paths and tensor names such as 'calib.npz[image]': text, not markup.
@@ -93,11 +113,12 @@ def handle_errors(fn):
                 err.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False, soft_wrap=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
-            err.print("[bold red]interrupted[/]: partial outputs were removed; earlier outputs are untouched.")
-            sys.exit(130)
+            exit_interrupted()
         except Exception as exc:  # a bug or a backend failure nobody anticipated
             from edgeopt.outputs import disk_full
 
+            if interrupted:
+                exit_interrupted()
             if debug:
                 err.print_exception()
             if disk_full(exc):  # e.g. a --junit file written outside any staged output
@@ -110,14 +131,11 @@ def handle_errors(fn):
             err.print("[yellow]hint:[/] run again with --debug for the traceback, and report it.")
             sys.exit(4)
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                if handler is not None:  # None: a handler installed outside Python, not restorable
+                    signal.signal(signum, handler)
 
     return wrapper
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 @click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
@@ -130,7 +148,9 @@ def main(debug: bool) -> None:
 
 
 @main.command(epilog=EPILOG)
-@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path), required=False)
+@click.option("--recipe", "recipe_file", type=click.Path(path_type=Path),
+              help="Start from this recipe; flags given here override its values.")
 @click.option("--target", "-t", default="tflite", show_default=True, help="Artifact format(s), comma-separated.")
 @click.option("--calib", type=click.Path(path_type=Path), help="Calibration data: .npz, folder of .npy, or images.")
 @click.option("--val", type=click.Path(path_type=Path),
@@ -138,7 +158,7 @@ def main(debug: bool) -> None:
 @click.option("--precision", type=click.Choice(["int8", "fp16", "fp32"]), default="int8", show_default=True)
 @click.option("--int8-io", is_flag=True, help="int8 model inputs and outputs instead of float.")
 @click.option("--keep-layout", is_flag=True,
-              help="Keep NCHW inputs in TFLite artifacts of PyTorch models [default: NHWC, TFLite's own].")
+              help="Keep NCHW inputs in TFLite artifacts of PyTorch and ONNX models [default: NHWC, TFLite's own].")
 @click.option("--calib-samples", type=click.IntRange(min=1), default=300, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for choosing samples.")
 @click.option("--image-size", callback=_size, help="HEIGHT,WIDTH for image folders (default: the model's).")
@@ -159,35 +179,98 @@ def main(debug: bool) -> None:
 @click.option("--distill-data", type=click.Path(path_type=Path),
               help="Data to distill on (labels optional) [default: the calibration data].")
 @click.option("--distill-epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default="minmax",
+              show_default=True, help="How activation ranges are chosen; each target uses its backend's own "
+                                      "calibrator and refuses a method it lacks.")
+@click.option("--percentile", type=click.FloatRange(min=50, max=100, min_open=True),
+              help="Percentile for --calib-method percentile [default: 99.999].")
+@click.option("--per-tensor", is_flag=True, help="One scale per weight tensor instead of one per output channel.")
+@click.option("--keep-float", multiple=True, metavar="REGEX",
+              help="Keep layers/nodes whose name matches in float (repeat; a recipe's overrides come first).")
+@click.option("--max-accuracy-drop", type=click.FloatRange(min=0), metavar="POINTS",
+              help="Largest allowed accuracy drop against the source (needs labels); keeps the most sensitive "
+                   "layers in float until it holds.")
+@click.option("--max-fidelity-drop", type=click.FloatRange(min=0), metavar="POINTS",
+              help="Largest allowed 100 x (1 - top-1 agreement), or 100 x (1 - cosine) for non-classifiers.")
+@click.option("--min-speedup", type=click.FloatRange(min=0, min_open=True), metavar="X",
+              help="Smallest allowed fp32 p50 / artifact p50 (checked, exit 1 when missed).")
+@click.option("--max-size", metavar="BYTES", help="Largest allowed artifact size, e.g. 250000 or 512KiB (checked).")
+@click.option("--metric", help="Accuracy measure: top1 (default), top5, or FILE.py:FUNCTION(outputs, labels).")
 @click.option("--no-validate", is_flag=True, help="Skip fidelity, accuracy and latency measurement.")
 @click.option("--runs", type=click.IntRange(min=1), default=100, show_default=True, help="Timed latency runs.")
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed warm-up runs.")
 @click.option("--threads", type=click.IntRange(min=1), help="Runtime threads [default: all cores].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @handle_errors
-def compress(model, target, calib, val, precision, int8_io, keep_layout, calib_samples, seed, image_size, mean, std,
-             layout, color, output, trust_model, weights, input_shapes, prune_spec, distill, distill_data,
-             distill_epochs, no_validate, runs, warmup, threads, quiet):
+def compress(model, recipe_file, quiet, **flags):
     """Compress MODEL for an edge target and validate the artifact against it.
 
     \b
     Example:  edgeopt compress model.h5 --target tflite --calib calib.npz --val val.npz
+              edgeopt compress --recipe recipes/int8_onnx.yaml --max-fidelity-drop 0.5
     """
     from edgeopt import recipe
+    from edgeopt.errors import UsageError
 
-    calibration = {"data": calib, "samples": calib_samples, "seed": seed, "image_size": image_size,
-                   "layout": layout, "color": color}
-    if mean is not None:
-        calibration["mean"] = mean
-    if std is not None:
-        calibration["std"] = std
-    config = recipe.build(
-        "the command line", model=model, targets=target, precision=precision, int8_io=int8_io, keep_layout=keep_layout,
-        trust_model=trust_model, output=output, calibration=calibration, weights=weights, input_shapes=input_shapes,
-        validation={"enabled": not no_validate, "data": val, "runs": runs, "warmup": warmup, "threads": threads},
-        prune=prune_spec,
-        distill={"data": distill_data, "epochs": distill_epochs} if distill or distill_data else None)
+    ctx = click.get_current_context()
+    given = {name: value for name, value in flags.items()
+             if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE}
+    values = _flag_values(given, flags)
+    if model is not None:
+        values["model"] = model
+    if recipe_file is not None:
+        base, lines = recipe.read_yaml(recipe_file)
+        if "distill_epochs" in given and isinstance(base.get("distill"), dict):
+            values.setdefault("distill", {})["epochs"] = flags["distill_epochs"]
+        config = recipe.combine(f"recipe '{recipe_file}'", base, lines, values)
+    elif model is None:
+        raise UsageError("No model given.", hint="Pass MODEL, or --recipe FILE naming one.")
+    else:
+        config = recipe.validate("the command line", values)
     _run_and_show(config, quiet)
+
+
+# Flag -> where its value goes in a recipe; flags absent here are handled in _flag_values.
+_FLAG_KEYS: dict[str, tuple[str, ...]] = {
+    "target": ("targets",), "calib": ("calibration", "data"), "val": ("validation", "data"),
+    "precision": ("precision",), "int8_io": ("int8_io",), "keep_layout": ("keep_layout",),
+    "calib_samples": ("calibration", "samples"), "seed": ("calibration", "seed"),
+    "image_size": ("calibration", "image_size"), "mean": ("calibration", "mean"), "std": ("calibration", "std"),
+    "layout": ("calibration", "layout"), "color": ("calibration", "color"), "output": ("output",),
+    "trust_model": ("trust_model",), "weights": ("weights",), "input_shapes": ("input_shapes",),
+    "prune_spec": ("prune",), "distill_data": ("distill", "data"), "runs": ("validation", "runs"),
+    "warmup": ("validation", "warmup"), "threads": ("validation", "threads"),
+    "calib_method": ("calibration", "method"), "percentile": ("calibration", "percentile"),
+    "max_accuracy_drop": ("budgets", "max_accuracy_drop"), "max_fidelity_drop": ("budgets", "max_fidelity_drop"),
+    "min_speedup": ("budgets", "min_speedup"), "max_size": ("budgets", "max_size"),
+    "metric": ("validation", "metric"),
+}
+
+
+def _flag_values(given: dict, flags: dict) -> dict:
+    """The flags given on the command line, nested as in a recipe (so they can override one)."""
+    values: dict = {}
+
+    def put(path: tuple[str, ...], value) -> None:
+        node = values
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+
+    for name, value in given.items():
+        if name in _FLAG_KEYS and value is not None:
+            put(_FLAG_KEYS[name], value)
+    if "no_validate" in given:
+        put(("validation", "enabled"), not given["no_validate"])
+    if "per_tensor" in given:
+        put(("calibration", "per_channel"), not given["per_tensor"])
+    if given.get("keep_float"):
+        put(("overrides",), {pattern: "float" for pattern in given["keep_float"]})
+    if given.get("distill") or "distill_data" in given:
+        # Epochs alone do not turn distillation on; they change a recipe's (see compress).
+        put(("distill",), {**values.get("distill", {}), "epochs": flags["distill_epochs"]})
+    return values
+
 
 
 @main.command(epilog=EPILOG)
@@ -202,14 +285,25 @@ def run(recipe_file, quiet):
 
 
 def _run_and_show(config, quiet: bool) -> None:
+    from edgeopt.console import steps
+    from edgeopt.errors import BudgetMissed
+    from edgeopt.pipeline import compress as run_compress
+
+    try:
+        with steps(quiet) as progress:
+            result = run_compress(config, progress)
+    except BudgetMissed as missed:
+        _show(config, missed.result)  # the best try was written: show it, then exit 1
+        raise
+    _show(config, result)
+
+
+def _show(config, result) -> None:
     from rich.markup import escape
 
-    from edgeopt.console import err, out, steps, table
-    from edgeopt.pipeline import compress as run_compress
+    from edgeopt.console import err, out, table
     from edgeopt.report import summary_rows
 
-    with steps(quiet) as progress:
-        result = run_compress(config, progress)
     header, rows = summary_rows(result.report)
     out.print(table(escape(f"edgeopt: {config.model}"), header, [[escape(c) for c in r] for r in rows],
                     transpose=True))
@@ -219,10 +313,70 @@ def _run_and_show(config, quiet: bool) -> None:
             verdict = "[green]full integer[/]" if ops.get("full_integer") else \
                 f"[yellow]ops left in float: {', '.join(ops['float_ops'])}[/]"
             out.print(f"{escape(Path(a['path']).name)}: {verdict}")
+        for line in _quantization_lines(a):
+            out.print(escape(line), highlight=False, soft_wrap=True)
+    for warning in result.report.get("warnings", []):
+        err.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     for note in result.report["notes"]:
         err.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
     names = ", ".join(sorted(result.files))
     out.print(f"Outputs in [bold]{escape(str(result.output_dir))}[/]: {escape(names)}")
+
+
+def _quantization_lines(a: dict) -> list[str]:
+    """The terminal's word on layers kept in float and on each budget."""
+    name, q = Path(a["path"]).name, a.get("quantization") or {}
+    lines = []
+    search = q.get("search") or {}
+    if q.get("keep_float"):
+        kept = q["keep_float"]
+        before, after = search.get("before", {}), search.get("after", {})
+        drops = [f"{kind} drop {before[key]:.3g} -> {after[key]:.3g} points"
+                 for kind, key in (("fidelity", "fidelity_drop"), ("accuracy", "accuracy_drop"))
+                 if before.get(key) is not None and after.get(key) is not None]
+        why = f" to meet the budget ({', '.join(drops)})" if search.get("needed") else " (overrides)"
+        cost = q.get("latency_cost")
+        lines.append(f"{name}: {len(kept)} of {q.get('layers')} layers kept in float{why}: {', '.join(kept)}"
+                     + (f"; p50 {cost['percent']:+.1f}% against all-int8" if cost else ""))
+    for c in a.get("budgets", []):
+        value = "not measured" if c["value"] is None else f"{c['value']:,}" if isinstance(c["value"], int) \
+            else f"{c['value']:.4g}"
+        lines.append(f"{name}: {c['budget']} {c['limit']:g}: {value} {'ok' if c['passed'] else 'MISSED'}")
+    return lines
+
+
+@main.group()
+def recipe() -> None:
+    """Work with recipe files."""
+
+
+@recipe.command("check", epilog="Exit codes: 0 the recipe is valid, 2 it is not (each problem named with its line).")
+@click.argument("recipe_file", type=click.Path(path_type=Path))
+@handle_errors
+def recipe_check(recipe_file):
+    """Validate RECIPE_FILE and print what it will do, without running it."""
+    from rich.markup import escape
+
+    from edgeopt import recipe as recipes
+    from edgeopt.console import out, table
+    from edgeopt.errors import UsageError
+    from edgeopt.pipeline import check_plan
+
+    config = recipes.load(recipe_file)
+    check_plan(config)  # methods and budgets each target's backend can do, read without loading the model
+    named = (("model", config.model), ("calibration.data", config.calibration.data),
+             ("validation.data", config.validation.data), ("distill.data", config.distill.data if config.distill else None))
+    missing = [f"{key} '{path}'" for key, path in named
+               if path is not None and ":" not in str(path) and not Path(path).exists()]
+    summary = table(escape(f"recipe {recipe_file}"), ["setting", "value"],
+                    [[escape(k), escape(v)] for k, v in recipes.summary(config)])
+    summary.columns[1].justify = "left"
+    out.print(summary)
+    if missing:
+        raise UsageError(f"The recipe '{recipe_file}' names files that do not exist (from {Path.cwd()}): "
+                         + ", ".join(missing) + ".",
+                         hint="Relative paths are read from the folder you run edgeopt in; run it from there.")
+    out.print("[green]recipe ok[/]")
 
 
 @main.command(epilog=EPILOG)

@@ -30,6 +30,17 @@ class GateFailed(EdgeoptError):
     exit_code = 1
 
 
+class BudgetMissed(GateFailed):
+    """A compress run's artifact missed a budget; its outputs are written (``result``) for inspection."""
+
+    def __init__(self, result) -> None:
+        failed = "; ".join(result.failed_budgets)
+        super().__init__(f"Budget missed: {failed}. The best artifact and its report are in '{result.output_dir}'.",
+                         hint="See report.md's budget section for the layers tried; loosen the budget, add "
+                              "calibration data, or try another calibration method.")
+        self.result = result
+
+
 class UsageError(EdgeoptError):
     """A flag, option or config value is wrong."""
 

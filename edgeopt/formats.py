@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zipfile
+import zlib
 from pathlib import Path
 
 from edgeopt.errors import InputRejected
@@ -10,6 +11,11 @@ from edgeopt.model import Format
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
+
+# What zipfile raises for a damaged archive: besides BadZipFile, an entry name that is not valid
+# UTF-8 (ValueError), an unknown zip version or compression (NotImplementedError), a failed CRC
+# (BadZipFile) or deflate stream (zlib.error) on read, and EOF/OS errors for a cut-off file.
+ZIP_ERRORS = (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, zlib.error)
 
 # Zip containers (.keras, .pt) are opened before extraction; these bound what they may hold.
 MAX_ZIP_ENTRIES = 10_000
@@ -49,6 +55,9 @@ def detect_format(path: Path | str) -> Format:
     if head.startswith(HDF5_MAGIC):
         return Format.KERAS_H5
     if head[4:8] == b"TFL3":
+        from edgeopt.tflite_file import check_tflite
+
+        check_tflite(path)  # offsets and buffers checked before LiteRT follows them
         return Format.TFLITE
     if head.startswith(ZIP_MAGIC):
         return _zip_format(path)
@@ -78,7 +87,7 @@ def check_zip(path: Path) -> zipfile.ZipFile:
     """Open a zip container after bounding its entry count, total size and compression ratio."""
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
+    except ZIP_ERRORS as exc:
         raise InputRejected(f"'{path}' looks like a zip container but cannot be read: {exc}.",
                             hint="The file is probably truncated or corrupt; export it again.") from exc
     infos = zf.infolist()
@@ -94,6 +103,14 @@ def check_zip(path: Path) -> zipfile.ZipFile:
     if problem:
         zf.close()
         raise InputRejected(f"Refusing '{path}': the archive declares {problem}, as a zip bomb would.",
+                            hint="Re-save the model normally; edgeopt does not extract such archives.")
+    # Frameworks extract some entries (Keras assets) to folders of their own; a name that climbs
+    # out of the folder, or starts at the root, is never one a framework wrote.
+    escaping = next((i.filename for i in infos if i.filename.startswith(("/", "\\")) or
+                     ".." in i.filename.replace("\\", "/").split("/")), None)
+    if escaping is not None:
+        zf.close()
+        raise InputRejected(f"Refusing '{path}': its entry '{escaping}' would be extracted outside its folder.",
                             hint="Re-save the model normally; edgeopt does not extract such archives.")
     return zf
 

@@ -1,22 +1,33 @@
 """Atomic outputs: a run's files appear together at the end, or not at all.
 
 Files are written into a hidden staging folder on the same file system as the output folder,
-then each is moved into place with ``os.replace`` (atomic per file). A failed, interrupted or
-killed run leaves earlier artifacts untouched; stale staging folders of dead runs are removed
-by the next run.
+then moved into place with ``os.replace`` (atomic per file) under a journal (see
+:meth:`OutputStage.commit`), so that a run killed while moving can be undone as a whole. A failed,
+interrupted or killed run leaves earlier artifacts untouched; stale staging folders of dead runs
+are removed, and their half-done commits undone, by the next run.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 from edgeopt.errors import EnvironmentProblem, UsageError
 
 STAGE_PREFIX = ".edgeopt-stage-"
+# Inside a stage: the list of names being committed, and hard links to the files they replace.
+JOURNAL = ".commit.json"
+PREVIOUS = ".previous"
+DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+# Set by the CLI's SIGINT/SIGTERM handler. The handler also raises KeyboardInterrupt, but a
+# framework running Python callbacks from C code (a calibration data reader) can swallow it and
+# carry on; commit() checks this, so such a run still ends without replacing anything.
+interrupt_requested = threading.Event()
 
 
 def nearest_existing(path: Path) -> Path:
@@ -51,8 +62,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 def clean_stale_stages(folder: Path) -> list[Path]:
-    """Remove staging folders left by runs that were killed; returns what was removed."""
-    removed = []
+    """Remove staging folders left by runs that were killed, first undoing a commit one of them
+    was in the middle of; returns what was removed."""
+    removed: list[Path] = []
     if not folder.is_dir():
         return removed
     for entry in folder.glob(STAGE_PREFIX + "*"):
@@ -60,10 +72,48 @@ def clean_stale_stages(folder: Path) -> list[Path]:
             pid = int(entry.name[len(STAGE_PREFIX):].split("-")[0])
         except ValueError:
             continue
-        if pid != os.getpid() and not _pid_alive(pid):
-            shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry)
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        if (entry / JOURNAL).exists():
+            try:
+                _roll_back(entry)
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # keep it: its .previous folder may hold the only copy of earlier outputs
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
     return removed
+
+
+def _group_key(name: str) -> str:
+    # Files of one multi-file artifact share the part of the name before the first dot:
+    # model_int8.xml with model_int8.bin.
+    return name.split(".", 1)[0]
+
+
+def _roll_back(stage: Path) -> None:
+    """Put back the files an interrupted commit replaced, and remove the ones it added."""
+    journal = json.loads((stage / JOURNAL).read_text(encoding="utf-8"))
+    out_dir = Path(journal["out_dir"])
+    # The journal sits in a folder edgeopt wrote; still, never let it point anywhere else.
+    if not out_dir.resolve().is_relative_to(stage.parent.resolve()):
+        raise ValueError(f"journal in '{stage}' names '{out_dir}', outside '{stage.parent}'")
+    for name in journal["names"]:
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise ValueError(f"journal in '{stage}' names '{name}', which is not a plain file name")
+        kept = stage / PREVIOUS / name
+        if os.path.lexists(kept):
+            os.replace(kept, out_dir / name)
+        elif not (stage / name).exists():  # moved in by the interrupted run, with nothing before it
+            (out_dir / name).unlink(missing_ok=True)
+    (stage / JOURNAL).unlink()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class OutputStage:
@@ -77,9 +127,10 @@ class OutputStage:
     def __enter__(self) -> OutputStage:
         check_output_dir(self.out_dir)
         anchor = nearest_existing(self.out_dir)
-        clean_stale_stages(anchor)
-        if self.out_dir.is_dir():
-            clean_stale_stages(self.out_dir)
+        # A killed run staged in the nearest folder that existed then: usually this one, or its
+        # parent when this one was new.
+        for folder in dict.fromkeys((self.out_dir, self.out_dir.parent, anchor)):
+            clean_stale_stages(folder)
         try:
             self.dir = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{os.getpid()}-", dir=anchor))
         except OSError as exc:
@@ -94,24 +145,88 @@ class OutputStage:
         return self.dir / name
 
     def commit(self) -> dict[str, Path]:
-        """Move every staged file into place; returns name -> final path."""
+        """Move every staged file into place; returns name -> final path.
+
+        A multi-file artifact (an OpenVINO .xml and its .bin) must never be seen as a new half
+        beside an old half, and per-file renames alone cannot promise that. So:
+
+        1. each earlier file about to be replaced is hard-linked into the stage's ``.previous``;
+        2. the journal (the names being committed) is written into the stage;
+        3. files sharing a name before the first dot form a group: the group's earlier files are
+           removed, then its new ones moved in. A reader sees the old group, an incomplete group
+           (which fails loudly), or the new group, never a mix;
+        4. the journal is removed.
+
+        An exception in step 3 (Ctrl-C included) puts the earlier files back at once; a run
+        killed in step 3 leaves the journal, and the next run puts them back (clean_stale_stages).
+        """
         assert self.dir is not None
-        final = {}
+        if interrupt_requested.is_set():
+            raise KeyboardInterrupt
+        names = [n for n in self._names if (self.dir / n).exists()]
+        final = {n: self.out_dir / n for n in names}
+        previous = self.dir / PREVIOUS
         try:
+            for name in names:
+                _fsync(self.dir / name)  # the data is on disk before any name points at it
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            for name in self._names:
-                src = self.dir / name
-                if src.exists():
-                    os.replace(src, self.out_dir / name)
-                    final[name] = self.out_dir / name
+            previous.mkdir()
+            for name in names:
+                # The entry itself, never what a symlink there points at.
+                if os.path.lexists(final[name]) and not final[name].is_dir():
+                    try:
+                        os.link(final[name], previous / name, follow_symlinks=False)
+                    except OSError:  # no hard links on this file system
+                        shutil.copy2(final[name], previous / name, follow_symlinks=False)
+            # Written aside and renamed, so that a journal that exists is complete.
+            journal, draft = self.dir / JOURNAL, self.dir / (JOURNAL + ".draft")
+            draft.write_text(json.dumps({"out_dir": str(self.out_dir.absolute()), "names": names}),
+                             encoding="utf-8")
+            _fsync(draft)
+            os.replace(draft, journal)
+            try:
+                groups: dict[str, list[str]] = {}
+                for name in names:
+                    groups.setdefault(_group_key(name), []).append(name)
+                for group in groups.values():
+                    if len(group) > 1:
+                        for name in group:
+                            final[name].unlink(missing_ok=True)
+                    for name in group:
+                        os.replace(self.dir / name, final[name])
+            except BaseException:
+                _roll_back(self.dir)
+                raise
+            journal.unlink()
         except OSError as exc:
             raise _as_environment_problem(exc, self.out_dir) from exc
         return final
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
+            # A journal still here means a commit could not be undone: keep the stage, whose
+            # .previous folder holds the earlier files, for the next run to put back.
+            if not (self.dir / JOURNAL).exists():
+                shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
+        if isinstance(exc, Exception) and not isinstance(exc, EnvironmentProblem) and disk_full(exc):
+            # Converters report a full disk in their own words; the user needs exit 5 and the reason.
+            raise _as_environment_problem(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), self.out_dir) from exc
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` or an exception it was raised from says the disk (or quota) is full."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in DISK_FULL_ERRNOS:
+            return True
+        text = str(current)
+        if any(os.strerror(code) in text for code in DISK_FULL_ERRNOS):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def write_text(path: Path, text: str) -> None:
@@ -128,7 +243,8 @@ def write_text(path: Path, text: str) -> None:
 
 
 def _as_environment_problem(exc: OSError, out_dir: Path) -> EnvironmentProblem:
-    if exc.errno == errno.ENOSPC:
-        return EnvironmentProblem(f"No space left on the device holding '{out_dir}'.",
-                                  hint="Free some space or choose another -o/--output folder.")
+    if exc.errno in DISK_FULL_ERRNOS:
+        return EnvironmentProblem(f"No space left on the device holding '{out_dir}' ({exc.strerror}); "
+                                  "earlier outputs there are untouched.",
+                                  hint="Free some space or choose another -o/--output folder, then run again.")
     return EnvironmentProblem(f"Cannot write to '{out_dir}': {exc.strerror or exc}.")

@@ -11,9 +11,11 @@ from typing import Any
 
 import numpy as np
 
+from edgeopt import budget
 from edgeopt import calibration as cal
 from edgeopt import recipe, registry
-from edgeopt.errors import InputRejected, UsageError
+from edgeopt.errors import BudgetMissed, EdgeoptError, InputRejected, UsageError
+from edgeopt.exporters.base import DEFAULT_PERCENTILE, QuantSettings, check_quant
 from edgeopt.formats import SOURCE_FORMATS, detect_format, suffix_mismatch
 from edgeopt.frameworks.base import LoadedModel
 from edgeopt.model import Format, TensorSpec
@@ -23,6 +25,7 @@ from edgeopt.report import build_report, render_markdown, write_json
 from edgeopt.report_html import render_html
 from edgeopt.validate import fidelity as fid
 from edgeopt.validate.latency import measure_interleaved
+from edgeopt.validate.slow_int8 import slow_int8_warning
 
 Progress = Callable[[str], None]
 
@@ -34,6 +37,12 @@ class Result:
     report: dict[str, Any]
     output_dir: Path
     files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def failed_budgets(self) -> list[str]:
+        shown = lambda v: "not measured" if v is None else f"{v:,}" if isinstance(v, int) else f"{v:.4g}"  # noqa: E731
+        return [f"{a['target']}: {c['budget']} {shown(c['value'])} (limit {c['limit']:g})"
+                for a in self.artifacts for c in a.get("budgets", []) if not c["passed"]]
 
     @property
     def artifacts(self) -> list[dict[str, Any]]:
@@ -52,6 +61,52 @@ def sha256_of(path: Path) -> str:
 
 # File suffixes of artifacts whose target name is not their extension.
 ARTIFACT_SUFFIX = {"openvino": "xml"}
+PLAIN_INT8 = "int8 (no layer in float)"  # the variant that shows what keeping layers in float cost
+
+
+def quant_settings(config: recipe.CompressConfig) -> QuantSettings:
+    c = config.calibration
+    return QuantSettings(method=c.method, percentile=c.percentile or DEFAULT_PERCENTILE, per_channel=c.per_channel)
+
+
+def source_framework(model: Path) -> str | None:
+    """The source's framework from its bytes (or a code spec), without loading it; None when the
+    file cannot be read, which loading then reports properly."""
+    from edgeopt.frameworks.torch import parse_spec
+
+    if parse_spec(str(model)) is not None:
+        return "torch"
+    try:
+        return detect_format(model).framework
+    except EdgeoptError:
+        return None
+
+
+def check_plan(config: recipe.CompressConfig) -> None:
+    """Refuse, before any work, what no target can do as asked: a calibration method its backend
+    lacks, layers in float where the backend cannot keep them, budgets without data to check them."""
+    c, b = config.calibration, config.budgets
+    int8 = config.precision == "int8"
+    if config.overrides and not int8:
+        raise UsageError(f"Per-layer overrides choose float or int8 inside an int8 model; precision is "
+                         f"{config.precision}.", hint="Set precision to int8 or remove the overrides.")
+    if b.any() and not config.validation.enabled:
+        raise UsageError("Budgets are checked on validation data, and validation is turned off (--no-validate).",
+                         hint="Drop --no-validate (or validation.enabled: false), or the budgets.")
+    if b.any() and config.validation.data is None and c.data is None:
+        raise UsageError("Budgets are checked on validation data, and there is none.",
+                         hint="Pass --val PATH (or --calib PATH, from which some samples are held out).")
+    if not int8 or c.data is None:
+        if int8 and (c.method != "minmax" or not c.per_channel or c.percentile is not None):
+            raise UsageError(f"Calibration method '{c.method}' and per-tensor weights need calibration data, and "
+                             "none was given: without it int8 is dynamic range.", hint="Pass --calib PATH.")
+        return
+    framework = source_framework(config.model)
+    if framework is None:
+        return
+    needs_float = bool(config.overrides) or b.drives_search()
+    for target in config.targets:
+        check_quant(f"{framework}->{target}", quant_settings(config), keep_float=needs_float)
 
 
 def _source_sha256(model: Path, source: LoadedModel) -> str:
@@ -97,6 +152,8 @@ def compress(config: recipe.CompressConfig, progress: Progress | None = None) ->
     started = time.perf_counter()
     out_dir = config.output_dir()
     check_output_dir(out_dir)
+    check_plan(config)
+    metric = budget.Metric(config.validation.metric)
 
     say("Loading the model")
     source, notes = load_source(config.model, trust=config.trust_model, weights=config.weights,
@@ -127,8 +184,12 @@ def compress(config: recipe.CompressConfig, progress: Progress | None = None) ->
     if config.precision == "int8" and calib is None:
         notes.append("No calibration data: the int8 model uses dynamic-range quantization "
                      "(int8 weights, float activations). Pass --calib for full-integer int8.")
+    budget.require_labels(config.budgets, val,
+                          f"the validation data '{config.validation.data or config.calibration.data}'")
 
     model, stage_info = run_passes(config, source, calib, images, notes, say)
+    quant = quant_settings(config)
+    warnings: list[str] = []
 
     with OutputStage(out_dir) as stage:
         artifacts = []
@@ -141,19 +202,43 @@ def compress(config: recipe.CompressConfig, progress: Progress | None = None) ->
             # artifact's layout, so that a layout change is not counted as a speed-up.
             keep = config.keep_layout
             variants = {"fp32": exporter(source, stage.dir / f".{stem}_baseline_fp32.{target}", precision="fp32",
-                                         keep_layout=keep)}
+                                         keep_layout=keep, quant=quant)}
             for i, (stage_name, stage_model, _info) in enumerate(stage_info[1:], start=1):
                 variants[stage_name] = exporter(stage_model, stage.dir / f".{stem}_stage{i}_fp32.{target}",
-                                                precision="fp32", keep_layout=keep)
+                                                precision="fp32", keep_layout=keep, quant=quant)
             name = f"{stem}_{config.precision}.{ARTIFACT_SUFFIX.get(target, target)}"
             say(f"Quantizing to {config.precision}" if config.precision != "fp32" else "Writing fp32 artifact")
-            result = exporter(model, stage.path(name), precision=config.precision, calib=calib,
-                              int8_io=config.int8_io, keep_layout=keep)
+
+            def export(path: Path, settings: QuantSettings, exporter=exporter) -> Any:
+                return exporter(model, path, precision=config.precision, calib=calib, int8_io=config.int8_io,
+                                keep_layout=keep, quant=settings)
+
+            outcome = None
+            if config.precision == "int8" and calib is not None:
+                judge = budget.Judge(target, source, val, metric, config.validation.threads) \
+                    if val is not None and config.budgets.drives_search() else None
+                request = budget.Request(target=target, key=f"{source.handle.framework}->{target}", export=export,
+                                         model=model, calib=calib, quant=quant, overrides=config.overrides,
+                                         budgets=config.budgets, judge=judge)
+                outcome = budget.run(request, stage.path(name), lambda tag, t=target: stage.dir / f".{stem}_{tag}.{t}",
+                                     say)
+                result = outcome.result
+                warnings.extend(outcome.warnings)
+                if outcome.plain is not None:
+                    variants[PLAIN_INT8] = outcome.plain
+            else:
+                result = export(stage.path(name), quant)
             for extra in result.extra_files:
                 stage.path(extra.name)
             notes.extend(result.notes)
             variants["artifact"] = result
-            artifacts.append(_measure(target, source, variants, val, config, say))
+            entry = _measure(target, source, variants, val, config, say, metric)
+            if outcome is not None:
+                entry["quantization"] = _with_latency_cost(outcome.info, entry)
+            entry["budgets"] = _budget_checks(config, entry)
+            slow = slow_int8_warning(entry, io_tensors=len(source.handle.inputs) + len(source.handle.outputs))
+            warnings.extend([slow] if slow else [])
+            artifacts.append(entry)
             for key, exported in variants.items():
                 if key != "artifact":
                     for file in (exported.path, *exported.extra_files):
@@ -167,6 +252,10 @@ def compress(config: recipe.CompressConfig, progress: Progress | None = None) ->
             artifacts=artifacts, notes=notes, wall_seconds=time.perf_counter() - started)
         if len(stage_info) > 1:
             report["stages"] = _stage_table(stage_info, artifacts[0])
+        report["warnings"] = warnings
+        if config.budgets.any():
+            report["budgets"] = {"limits": {k: v for k, v in config.budgets.model_dump().items() if v is not None},
+                                 "passed": all(c["passed"] for a in artifacts for c in a["budgets"])}
         say("Writing outputs")
         for a in report["artifacts"]:
             a["path"] = str(out_dir / Path(a["path"]).name)
@@ -175,7 +264,29 @@ def compress(config: recipe.CompressConfig, progress: Progress | None = None) ->
         stage.path("report.html").write_text(render_html(report), encoding="utf-8")
         stage.path("recipe.yaml").write_text(recipe.to_yaml(config), encoding="utf-8")
         files = stage.commit()
-    return Result(report=report, output_dir=out_dir, files=files)
+    result = Result(report=report, output_dir=out_dir, files=files)
+    if result.failed_budgets:
+        # After the commit: the best artifact and its report are there to inspect.
+        raise BudgetMissed(result)
+    return result
+
+
+def _with_latency_cost(info: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    """What keeping layers in float cost: the artifact's p50 against the all-int8 one, measured interleaved."""
+    plain = (entry.get("variants") or {}).get(PLAIN_INT8, {}).get("latency_ms")
+    if plain and entry.get("latency_ms"):
+        p50, base = entry["latency_ms"]["p50"], plain["p50"]
+        info["latency_cost"] = {"int8_p50_ms": base, "p50_ms": p50, "percent": round(100.0 * (p50 / base - 1.0), 1)}
+    return info
+
+
+def _budget_checks(config: recipe.CompressConfig, entry: dict[str, Any]) -> list[dict[str, Any]]:
+    fidelity, accuracy, reference = entry.get("fidelity"), entry.get("accuracy"), entry.get("reference_accuracy")
+    accuracy_drop = 100.0 * (next(iter(reference.values())) - next(iter(accuracy.values()))) \
+        if accuracy and reference else None
+    found = budget.checks(config.budgets, fidelity_drop=budget.fidelity_drop(fidelity) if fidelity else None,
+                          accuracy_drop=accuracy_drop, speedup=entry.get("speedup"), size=entry.get("size_bytes"))
+    return [c.to_dict() for c in found]
 
 
 def run_passes(config: recipe.CompressConfig, source: LoadedModel, calib: cal.Subset | None,
@@ -238,7 +349,7 @@ def _data_entry(path, subset: cal.Subset | None, seed: int, held_out: bool = Fal
 
 
 def _measure(target, source: LoadedModel, variants: dict, val: cal.Subset | None,
-             config: recipe.CompressConfig, say: Progress) -> dict[str, Any]:
+             config: recipe.CompressConfig, say: Progress, metric: budget.Metric | None = None) -> dict[str, Any]:
     """Measure every variant (fp32 baseline, intermediate stages, the artifact) side by side."""
     open_session = registry.resolve("runtime", target)
     names = source.handle.input_names
@@ -258,6 +369,9 @@ def _measure(target, source: LoadedModel, variants: dict, val: cal.Subset | None
     extra = [k for k in variants if k not in ("fp32", "artifact")]
     measured: dict[str, dict[str, Any]] = {k: {"fp32_size_bytes": _size(variants[k])}
                                            for k in ("fp32", *extra)}
+    for k in extra:
+        measured[k]["precision"] = variants[k].precision
+    metric = metric or budget.Metric("top1")
     if not config.validation.enabled:
         return entry
     if val is not None:
@@ -267,11 +381,12 @@ def _measure(target, source: LoadedModel, variants: dict, val: cal.Subset | None
         entry["baseline_fidelity"], entry["fidelity"] = fidelities["fp32"], fidelities["artifact"]
         for k in measured:
             measured[k]["fidelity"] = fidelities[k]
-        if labels is not None and fid.is_classifier(ref_out[0]):
-            entry["reference_accuracy"] = fid.accuracy(ref_out[0], labels)
-            entry["accuracy"] = fid.accuracy(outs["artifact"][0], labels)
+        reference_accuracy = metric(ref_out, labels)
+        if reference_accuracy is not None:
+            entry["reference_accuracy"] = reference_accuracy
+            entry["accuracy"] = metric(outs["artifact"], labels)
             for k in measured:
-                measured[k]["accuracy"] = fid.accuracy(outs[k][0], labels)
+                measured[k]["accuracy"] = metric(outs[k], labels)
         feed = next(iter(val))
     else:
         own = {t.name: t for t in sessions["artifact"].inputs}

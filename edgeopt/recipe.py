@@ -1,13 +1,18 @@
 """Typed run configuration. A recipe file is this configuration as YAML, versioned, and the
 exact one used is saved beside every output so the run can be repeated with ``edgeopt run``.
+
+Errors name the key path and, for a file, its line: the document is composed once more with
+its node marks, and pydantic's error locations are walked down that node tree.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgeopt.errors import InputRejected, UsageError
 
@@ -29,6 +34,17 @@ class CalibrationConfig(_Strict):
     std: tuple[float, ...] = (1.0,)
     layout: Literal["nhwc", "nchw"] | None = None
     color: Literal["rgb", "gray"] | None = None
+    # How activation ranges are chosen; each target does it with its own backend or refuses.
+    method: Literal["minmax", "percentile", "entropy", "mse"] = "minmax"
+    percentile: float | None = Field(None, gt=50.0, le=100.0)  # method percentile; default 99.999
+    per_channel: bool = True  # weights: one scale per output channel, or one per tensor
+
+    @model_validator(mode="after")
+    def _percentile_goes_with_its_method(self) -> CalibrationConfig:
+        if self.percentile is not None and self.method != "percentile":
+            raise ValueError(f"'percentile' applies to method 'percentile', not '{self.method}'; "
+                             "remove it or set method: percentile")
+        return self
 
     @field_validator("std")
     @classmethod
@@ -44,6 +60,47 @@ class ValidationConfig(_Strict):
     runs: int = Field(100, ge=1)
     warmup: int = Field(10, ge=0)
     threads: int | None = Field(None, ge=1)
+    # What accuracy means for the report and max_accuracy_drop: top1, top5, or FILE.py:FUNCTION
+    # returning {name: value}, whose first value is compared (higher is better, 0..1).
+    metric: str = "top1"
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, v: str) -> str:
+        if v not in ("top1", "top5") and not re.fullmatch(r".+\.py:[A-Za-z_]\w*", v):
+            raise ValueError(f"expected top1, top5 or FILE.py:FUNCTION, got '{v}'")
+        return v
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000 ** 2, "mib": 1024 ** 2, "gb": 1000 ** 3,
+               "gib": 1024 ** 3}
+
+
+class BudgetsConfig(_Strict):
+    """Limits the artifact must meet. The accuracy and fidelity drops drive the search for layers
+    to keep in float; the speed-up and size are checked only. A missed budget exits 1."""
+
+    max_accuracy_drop: float | None = Field(None, ge=0.0)  # points, source minus artifact
+    max_fidelity_drop: float | None = Field(None, ge=0.0)  # points: 100 x (1 - top-1 agreement or cosine)
+    min_speedup: float | None = Field(None, gt=0.0)  # fp32 p50 / artifact p50 on the same runtime
+    max_size: int | None = Field(None, ge=1)  # bytes; "512KiB", "2MB" accepted
+
+    @field_validator("max_size", mode="before")
+    @classmethod
+    def _bytes(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            match = re.fullmatch(r"\s*([\d.]+)\s*([a-zA-Z]*)\s*", v)
+            unit = match.group(2).lower() if match else None
+            if not match or unit not in _SIZE_UNITS:
+                raise ValueError(f"expected bytes such as 250000, 512KiB or 2MB, got '{v}'")
+            return int(float(match.group(1)) * _SIZE_UNITS[unit])
+        return v
+
+    def drives_search(self) -> bool:
+        return self.max_accuracy_drop is not None or self.max_fidelity_drop is not None
+
+    def any(self) -> bool:
+        return any(v is not None for v in self.model_dump().values())
 
 
 class PruneConfig(_Strict):
@@ -84,13 +141,17 @@ class CompressConfig(_Strict):
     targets: tuple[str, ...] = ("tflite",)
     precision: Literal["int8", "fp16", "fp32"] = "int8"
     int8_io: bool = False
-    # NCHW PyTorch models become channels-last TFLite models unless the source's layout is kept.
+    # NCHW PyTorch and ONNX models become channels-last TFLite models unless the source's layout is kept.
     keep_layout: bool = False
     trust_model: bool = False
     calibration: CalibrationConfig = CalibrationConfig()
     validation: ValidationConfig = ValidationConfig()
     prune: PruneConfig | None = None
     distill: DistillConfig | None = None
+    budgets: BudgetsConfig = BudgetsConfig()
+    # Layer/node-name regex (searched, as re.search) -> float or int8; the last match wins. A
+    # pattern that matches no layer of an artifact is a warning in the output and the report.
+    overrides: dict[str, Literal["float", "int8"]] = {}
     output: Path | None = None
     # PyTorch models built from code (net.py:build_model): their state_dict, and input shapes
     # with the batch axis first (PyTorch modules do not record them).
@@ -104,6 +165,16 @@ class CompressConfig(_Strict):
             if not dims or any(d < 1 for d in dims):
                 raise ValueError(f"shape of '{name}' must be positive sizes, batch first, e.g. 1,3,224,224; "
                                  f"got {list(dims)}")
+        return v
+
+    @field_validator("overrides")
+    @classmethod
+    def _patterns_compile(cls, v: dict[str, str]) -> dict[str, str]:
+        for pattern in v:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"'{pattern}' is not a valid regular expression: {exc}") from None
         return v
 
     @field_validator("targets", mode="before")
@@ -129,20 +200,32 @@ class CompressConfig(_Strict):
         return self.output or Path("edgeopt_out") / self.model.stem
 
 
-def build(origin: str, **values) -> CompressConfig:
+Lines = Callable[[tuple], "int | None"]
+
+
+def build(origin: str, **values: Any) -> CompressConfig:
     """Validate values into a config; errors name each offending key and where it came from."""
+    return validate(origin, values)
+
+
+def validate(origin: str, values: dict[str, Any], lines: Lines | None = None) -> CompressConfig:
+    """``values`` as a config; ``lines`` maps an error location to a line of the file they came from."""
     try:
         return CompressConfig(**values)
     except ValidationError as exc:
-        raise UsageError(f"Invalid settings in {origin}: " + "; ".join(_describe(e) for e in exc.errors()),
-                         hint="Fix or remove the named keys (run `edgeopt compress --help` for the options).") from None
+        problems = "; ".join(_describe(e, lines) for e in exc.errors())
+        raise UsageError(f"Invalid settings in {origin}: {problems}",
+                         hint="Fix or remove the named keys (run `edgeopt compress --help` for the options, "
+                              "`edgeopt recipe check FILE` to check a recipe).") from None
 
 
-def _describe(error: dict) -> str:
+def _describe(error: dict, lines: Lines | None = None) -> str:
     where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    line = lines(tuple(error["loc"])) if lines else None
+    at = f"line {line}: " if line else ""
     if error["type"] == "extra_forbidden":
-        return f"unknown key '{where}'"
-    return f"'{where}': {error['msg']}"
+        return f"{at}unknown key '{where}'"
+    return f"{at}'{where}': {error['msg']}"
 
 
 def to_yaml(config: CompressConfig) -> str:
@@ -153,16 +236,120 @@ def to_yaml(config: CompressConfig) -> str:
     return header + yaml.safe_dump(data, sort_keys=False)
 
 
-def load(path: Path | str) -> CompressConfig:
+def load(path: Path | str, overrides: dict[str, Any] | None = None) -> CompressConfig:
+    """The recipe at ``path``; ``overrides`` (nested like the recipe, e.g. from command-line flags)
+    replace its values before validation."""
+    path = Path(path)
+    data, lines = read_yaml(path)
+    return combine(f"recipe '{path}'", data, lines, overrides or {})
+
+
+def combine(origin: str, data: dict[str, Any], lines: Lines, overrides: dict[str, Any]) -> CompressConfig:
+    """A recipe's ``data`` with ``overrides`` laid on it, validated; errors in keys that came from
+    the overrides carry no line of the file."""
+    if not overrides:
+        return validate(origin, data, lines)
+
+    def where(loc: tuple) -> int | None:
+        return None if _given(overrides, loc) else lines(loc)
+
+    return validate(origin + " with the command line's flags", merge(data, overrides), where)
+
+
+def read_yaml(path: Path) -> tuple[dict[str, Any], Lines]:
+    """The mapping in ``path`` and a function from a key path to its 1-based line."""
     import yaml
 
-    path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputRejected(f"The recipe '{path}' does not exist.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputRejected(f"The recipe '{path}' cannot be read: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         raise UsageError(f"The recipe '{path}' is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise UsageError(f"The recipe '{path}' must be a mapping of settings; got {type(data).__name__}.")
-    return build(f"recipe '{path}'", **data)
+        raise UsageError(f"The recipe '{path}' must be a mapping of settings; got {type(data).__name__}.",
+                         hint="Start from recipes/int8_tflite.yaml.")
+    _no_duplicate_keys(root, path)
+    return data, lambda loc: _line(root, loc)
+
+
+def _line(node: Any, loc: tuple) -> int | None:
+    """The line of the deepest node on ``loc`` that the document has (a key's own line for a key)."""
+    import yaml
+
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            pair = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+            if pair is None:
+                break
+            line, node = pair[0].start_mark.line + 1, pair[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _no_duplicate_keys(node: Any, path: Path, where: str = "") -> None:
+    """YAML keeps the last of two equal keys without a word; a recipe with both is a mistake."""
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in node.value:
+            name = f"{where}.{key.value}" if where else str(key.value)
+            if key.value in seen:
+                raise UsageError(f"Invalid settings in recipe '{path}': line {key.start_mark.line + 1}: key '{name}' "
+                                 f"is given twice (first on line {seen[key.value]}).", hint="Keep one of them.")
+            seen[key.value] = key.start_mark.line + 1
+            _no_duplicate_keys(value, path, name)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _no_duplicate_keys(item, path, f"{where}.{i}")
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` laid on ``base``: mappings merge key by key (new keys last), other values replace."""
+    result = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merge(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+def _given(over: dict[str, Any], loc: tuple) -> bool:
+    node: Any = over
+    for part in loc:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def summary(config: CompressConfig) -> list[tuple[str, str]]:
+    """What a recipe will do, one (setting, value) row per line, for `edgeopt recipe check`."""
+    c, v, b = config.calibration, config.validation, config.budgets
+    method = f"percentile {c.percentile or 99.999:g}" if c.method == "percentile" else c.method
+    steps = [f"prune {config.prune.method} {config.prune.ratio:g}"] if config.prune else []
+    steps += [f"distill {config.distill.epochs} epochs"] if config.distill else []
+    steps += [f"quantize {config.precision}" + (" (int8 I/O)" if config.int8_io else ""),
+              f"convert to {', '.join(config.targets)}"]
+    rows = [("version", str(config.version)), ("model", str(config.model)), ("steps", " -> ".join(steps)),
+            ("calibration", f"{c.data or 'none (int8 = dynamic range)'}, {c.samples} samples, seed {c.seed}, "
+                            f"{method}, {'per-channel' if c.per_channel else 'per-tensor'} weights"),
+            ("validation", "off" if not v.enabled else
+             f"{v.data or 'held out from calibration'}, metric {v.metric}, {v.runs} runs after {v.warmup} warm-up")]
+    limits = [f"{k} {val}" for k, val in b.model_dump().items() if val is not None]
+    rows.append(("budgets", ", ".join(limits) or "none"))
+    rows.append(("overrides", ", ".join(f"/{k}/ -> {val}" for k, val in config.overrides.items()) or "none"))
+    rows.append(("output", str(config.output_dir())))
+    return rows

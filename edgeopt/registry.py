@@ -23,6 +23,7 @@ ENTRIES: dict[tuple[str, str], str] = {
     # exporters, by "<source framework>-><target>"
     ("exporter", "keras->tflite"): "edgeopt.exporters.tflite:export_keras",
     ("exporter", "torch->tflite"): "edgeopt.exporters.tflite_torch:export_torch",
+    ("exporter", "onnx->tflite"): "edgeopt.exporters.tflite_onnx:export_onnx",
     ("exporter", "keras->onnx"): "edgeopt.exporters.onnx:export_keras",
     ("exporter", "torch->onnx"): "edgeopt.exporters.onnx:export_torch",
     ("exporter", "onnx->onnx"): "edgeopt.exporters.onnx:export_onnx",
@@ -33,6 +34,15 @@ ENTRIES: dict[tuple[str, str], str] = {
     ("runtime", "tflite"): "edgeopt.targets.litert:open_session",
     ("runtime", "onnx"): "edgeopt.targets.onnxruntime:open_session",
     ("runtime", "openvino"): "edgeopt.targets.openvino:open_session",
+    # the layers an int8 artifact quantized, named as the backend's exclusion mechanism names them
+    # (per-layer overrides and the accuracy-budget search), by exporter key
+    ("quant-layers", "keras->tflite"): "edgeopt.exporters.tflite:keras_layers",
+    ("quant-layers", "keras->onnx"): "edgeopt.exporters.onnx:quantized_layers",
+    ("quant-layers", "torch->onnx"): "edgeopt.exporters.onnx:quantized_layers",
+    ("quant-layers", "onnx->onnx"): "edgeopt.exporters.onnx:quantized_layers",
+    ("quant-layers", "keras->openvino"): "edgeopt.exporters.openvino:quantized_layers",
+    ("quant-layers", "torch->openvino"): "edgeopt.exporters.openvino:quantized_layers",
+    ("quant-layers", "onnx->openvino"): "edgeopt.exporters.openvino:quantized_layers",
     # passes, by "<step>:<source framework>"
     ("pass", "prune:keras"): "edgeopt.passes.prune.keras:run",
     ("pass", "distill:keras"): "edgeopt.passes.distill.keras:run",
@@ -54,6 +64,8 @@ REQUIRES: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {
     ("loader", "torch_export"): (("torch", "torch"),),
     ("loader", "torch_pickle"): (("torch", "torch"),),
     ("exporter", "torch->tflite"): (("litert_torch", "litert-torch"), ("ai_edge_quantizer", "ai-edge-quantizer")),
+    ("exporter", "onnx->tflite"): (("onnx", "onnx"), ("onnxruntime", "onnxruntime"), ("torch", "torch"),
+                                   ("litert_torch", "litert-torch"), ("ai_edge_quantizer", "ai-edge-quantizer")),
     ("exporter", "keras->onnx"): (("tf2onnx", "tf2onnx"), ("onnxruntime", "onnxruntime")),
     ("exporter", "torch->onnx"): (("torch", "torch"), ("onnxscript", "onnxscript"), ("onnxruntime", "onnxruntime")),
     ("exporter", "onnx->onnx"): (("onnx", "onnx"), ("onnxruntime", "onnxruntime")),
@@ -66,6 +78,34 @@ REQUIRES: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {
     ("pass", "distill:keras"): (("tensorflow", "tensorflow-cpu"),),
     ("pass", "prune:torch"): (("torch", "torch"), ("torch_pruning", "torch-pruning")),
     ("pass", "distill:torch"): (("torch", "torch"),),
+}
+
+
+# Calibration methods each exporter's int8 quantizer offers, with the backend mechanism that does it.
+# A method missing here is refused before any work (exit 2), never replaced by another.
+_ORT = "onnxruntime quantize_static, CalibrationMethod."
+_NNCF = "NNCF nncf.quantize, activations_range_estimator_params=RangeEstimatorParametersSet."
+_AEQ = {"minmax": "ai-edge-quantizer static recipe, min_max_uniform_quant"}
+CALIBRATION: dict[str, dict[str, str]] = {
+    "keras->tflite": {"minmax": "TFLite converter representative_dataset (min/max ranges)"},
+    "torch->tflite": _AEQ,
+    "onnx->tflite": _AEQ,
+    **{f"{fw}->onnx": {"minmax": _ORT + "MinMax", "percentile": _ORT + "Percentile (CalibPercentile)",
+                        "entropy": _ORT + "Entropy (KL divergence, 2048-bin histograms)"}
+       for fw in ("keras", "torch", "onnx")},
+    **{f"{fw}->openvino": {"minmax": _NNCF + "MINMAX",
+                            "percentile": "NNCF nncf.quantize, activation ranges from mean per-sample quantiles "
+                                          "(StatisticsType.QUANTILE, AggregatorType.MEAN)",
+                            "mse": _NNCF + "HISTOGRAM (ranges minimising the L2 quantization error)"}
+       for fw in ("keras", "torch", "onnx")},
+}
+
+# How each exporter keeps named layers in float; exporters missing here refuse overrides and budgets.
+KEEP_FLOAT: dict[str, str] = {
+    "keras->tflite": "TFLite QuantizationDebugger, QuantizationDebugOptions(denylisted_nodes=...)",
+    **{f"{fw}->onnx": "onnxruntime quantize_static(nodes_to_exclude=...)" for fw in ("keras", "torch", "onnx")},
+    **{f"{fw}->openvino": "NNCF nncf.quantize(ignored_scope=nncf.IgnoredScope(names=...))"
+       for fw in ("keras", "torch", "onnx")},
 }
 
 

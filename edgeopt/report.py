@@ -132,8 +132,8 @@ def summary_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                         a.get("reference_accuracy") or ref.get("accuracy"), a.get("baseline_fidelity")))
         for name, v in (a.get("variants") or {}).items():
             if name != "fp32":
-                rows.append(row(f"{a['target']} {name}", "fp32", v.get("fp32_size_bytes"), v.get("latency_ms"),
-                                v.get("accuracy"), v.get("fidelity")))
+                rows.append(row(f"{a['target']} {name}", v.get("precision", "fp32"), v.get("fp32_size_bytes"),
+                                v.get("latency_ms"), v.get("accuracy"), v.get("fidelity")))
         rows.append(row(Path(a["path"]).name, a["precision"], a["size_bytes"], a.get("latency_ms"),
                         a.get("accuracy"), a.get("fidelity")))
     return header, rows
@@ -172,6 +172,50 @@ def stage_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         rows.append([st["stage"], f"{st['params']:,}" if st.get("params") else "-",
                      f"{st['macs']:,}" if st.get("macs") else "-", text])
     return header, rows
+
+
+def quantization_lines(a: dict[str, Any]) -> list[str]:
+    """report.md's section on how an artifact was quantized and the budget search, if any."""
+    q, checks = a.get("quantization") or {}, a.get("budgets") or []
+    if not q and not checks:
+        return []
+    lines = ["", f"## Quantization and budgets: `{Path(a['path']).name}`", ""]
+    if q:
+        method = f"percentile {q['percentile']:g}" if q.get("method") == "percentile" else q.get("method")
+        lines.append(f"- Calibration: {method}, {'per-channel' if q.get('per_channel') else 'per-tensor'} weights, "
+                     f"by {q.get('mechanism')}")
+    if q.get("keep_float"):
+        kept = ", ".join(f"`{n}`" for n in q["keep_float"])
+        lines.append(f"- Kept in float ({q.get('keep_float_mechanism')}): {kept} — {len(q['keep_float'])} of "
+                     f"{q.get('layers')} layers")
+    cost = q.get("latency_cost")
+    if cost:
+        lines.append(f"- Latency cost: p50 {cost['p50_ms']:.3f} ms against {cost['int8_p50_ms']:.3f} ms with every "
+                     f"layer in int8 ({cost['percent']:+.1f}%)")
+    for c in checks:
+        value = "not measured" if c["value"] is None else f"{c['value']:,}" if isinstance(c["value"], int) \
+            else f"{c['value']:.4g}"
+        lines.append(f"- Budget {c['budget']} {c['limit']:g}: {value} — {'passed' if c['passed'] else 'MISSED'}")
+    search = q.get("search") or {}
+    if search:
+        before, after = search["before"], search["after"]
+        lines.append(f"- Search: fidelity drop {before['fidelity_drop']:.3g} -> {after['fidelity_drop']:.3g} points"
+                     + (f", accuracy drop {before['accuracy_drop']:.3g} -> {after['accuracy_drop']:.3g} points"
+                        if before.get("accuracy_drop") is not None and after.get("accuracy_drop") is not None else "")
+                     + f"; {search['exports']} exports in {search.get('wall_seconds', 0):.1f} s"
+                     + ("" if search.get("needed") else " (plain int8 met the budgets)"))
+    if search.get("tried"):
+        lines += ["", "| layers in float | fidelity drop | accuracy drop | SQNR dB | within budget |",
+                  "|---|---|---|---|---|"]
+        for t in search["tried"]:
+            lines.append(f"| {t['kept_in_float']} | {t['fidelity_drop']:.3g} | {fmt_num(t.get('accuracy_drop'), 2)} | "
+                         f"{fmt_num(t.get('sqnr_db'), 1)} | {'yes' if t['passed'] else 'no'} |")
+    if search.get("ranking"):
+        lines += ["", "Sensitivity (each layer alone in int8, most sensitive first):", "",
+                  "| layer | op | fidelity drop | SQNR dB |", "|---|---|---|---|"]
+        for r in search["ranking"]:
+            lines.append(f"| `{r['layer']}` | {r['op']} | {r['fidelity_drop']:.3g} | {fmt_num(r.get('sqnr_db'), 1)} |")
+    return lines
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -214,6 +258,10 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(f"- Latency: {lat['runs']} runs after {lat['warmup']} warm-up, {lat['threads']} threads, "
                          f"interleaved with the fp32 baseline" + (" — UNSTABLE, re-run on a quiet machine"
                                                                     if lat.get("unstable") else ""))
+    for a in report["artifacts"]:
+        lines += quantization_lines(a)
+    if report.get("warnings"):
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
     if report.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
     versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items())

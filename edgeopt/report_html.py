@@ -124,6 +124,8 @@ def render_html(report: dict[str, Any]) -> str:
     if report.get("stages"):
         sh, sr = stage_rows(report)
         sections += ["<h2>Stages</h2>", _table(sh, sr, "stages")]
+    if report.get("warnings"):
+        sections += ["<h2>Warnings</h2><ul>" + "".join(f"<li>{escape(w)}</li>" for w in report["warnings"]) + "</ul>"]
     if report.get("notes"):
         sections += ["<h2>Notes</h2><ul>" + "".join(f"<li>{escape(n)}</li>" for n in report["notes"]) + "</ul>"]
     versions = [[k, str(v)] for k, v in report["versions"].items()]

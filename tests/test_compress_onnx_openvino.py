@@ -134,15 +134,6 @@ def test_cli_rejects_bad_input_shapes(value, message, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_onnx_to_tflite_has_no_route(onnx_model, tmp_path):
-    from edgeopt.errors import ConversionError
-
-    with pytest.raises(ConversionError, match="No exporter for 'onnx->tflite'") as info:
-        edgeopt.compress(onnx_model("residual"), target="tflite", output=tmp_path / "out", validate=False)
-    assert info.value.exit_code == 4
-    assert not (tmp_path / "out").exists()
-
-
 def test_int8_artifacts_are_smaller_and_full_integer_on_a_wider_model(tmp_path):
     """Tiny models are dominated by quantization parameters; a wider one shows the 4x weight saving."""
     _require_openvino()

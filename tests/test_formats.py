@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import zipfile
 from pathlib import Path
 
@@ -14,6 +15,10 @@ from edgeopt.formats import detect_format, suffix_mismatch
 from edgeopt.model import Format
 
 TFLITE_HEAD = b"\x1c\x00\x00\x00TFL3\x14\x00\x20\x00"
+# A minimal well-formed TFLite file: root offset, identifier, the model's vtable (one field:
+# subgraphs), the model table, a vector of one subgraph, and that subgraph (no fields).
+MINIMAL_TFLITE = (struct.pack("<I", 20) + b"TFL3" + struct.pack("<5H2x", 10, 8, 0, 0, 4) + struct.pack("<iI", 12, 4)
+                  + struct.pack("<II", 1, 8) + struct.pack("<HHi", 4, 4, 4))
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -47,7 +52,12 @@ def test_keras_v3_zip(tmp_path):
 
 
 def test_tflite_by_file_identifier(tmp_path):
-    assert detect_format(_write(tmp_path / "m.tflite", TFLITE_HEAD + b"\x00" * 50)) is Format.TFLITE
+    assert detect_format(_write(tmp_path / "m.tflite", MINIMAL_TFLITE)) is Format.TFLITE
+
+
+def test_tflite_with_offsets_outside_the_file_is_rejected(tmp_path):
+    with pytest.raises(InputRejected, match="Refusing the TFLite file .*m.tflite"):
+        detect_format(_write(tmp_path / "m.tflite", TFLITE_HEAD + b"\x00" * 50))
 
 
 def test_onnx_like_protobuf(tmp_path):

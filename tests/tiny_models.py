@@ -247,3 +247,77 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     a = a.reshape(len(a), -1).astype(np.float64)
     b = b.reshape(len(b), -1).astype(np.float64)
     return float(np.mean(np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
+
+
+# --- A model with outlier channels ---------------------------------------------------------------
+# Ten 3x3 convs on an 8x8 image. The third conv ("conv2") makes two of its eight channels 1000x
+# larger than the rest, and the fourth ("conv3") reads those two with 1000x smaller weights, so the
+# float model uses every channel at its own scale. One int8 scale for the whole conv2 output
+# rounds the six ordinary channels to nothing: plain int8 loses most of the signal, while keeping
+# conv2 and conv3 in float (2 of 10 convs) restores it.
+
+OUTLIER_CONVS = 10
+OUTLIER_CHANNELS = 8
+OUTLIER_SIZE = 8
+OUTLIER_OUT_CHANNELS = 4
+
+
+def outlier_weights(seed: int = 0) -> list:
+    """(weight OIHW, bias) per conv, float32."""
+    rng = np.random.default_rng(seed)
+    layers = []
+    for i in range(OUTLIER_CONVS):
+        cin = 3 if i == 0 else OUTLIER_CHANNELS
+        cout = OUTLIER_OUT_CHANNELS if i == OUTLIER_CONVS - 1 else OUTLIER_CHANNELS
+        limit = np.sqrt(6.0 / (9 * cin))
+        w = rng.uniform(-limit, limit, (cout, cin, 3, 3)).astype(np.float32)
+        b = rng.uniform(0.0, 0.1, cout).astype(np.float32)
+        if i == 2:
+            w[:2] *= 1000.0
+            b[:2] *= 1000.0
+        if i == 3:
+            w[:, :2] /= 1000.0
+        layers.append((w, b))
+    return layers
+
+
+def build_outlier_onnx(seed: int = 0, batch: int | None = None):
+    """The outlier model as ONNX (NCHW); nodes conv0..conv9, a Relu after each but conv2 and conv9."""
+    from onnx import TensorProto, checker, helper, numpy_helper
+
+    dim0 = batch if batch is not None else "batch"
+    nodes, inits, x = [], [], "image"
+    for i, (w, b) in enumerate(outlier_weights(seed)):
+        inits += [numpy_helper.from_array(w, f"conv{i}.w"), numpy_helper.from_array(b, f"conv{i}.b")]
+        nodes.append(helper.make_node("Conv", [x, f"conv{i}.w", f"conv{i}.b"], [f"conv{i}"], name=f"conv{i}",
+                                      pads=[1] * 4))
+        x = f"conv{i}"
+        if i not in (2, OUTLIER_CONVS - 1):
+            nodes.append(helper.make_node("Relu", [x], [f"relu{i}"], name=f"relu{i}"))
+            x = f"relu{i}"
+    inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, [dim0, 3, OUTLIER_SIZE, OUTLIER_SIZE])]
+    outputs = [helper.make_tensor_value_info(x, TensorProto.FLOAT,
+                                             [dim0, OUTLIER_OUT_CHANNELS, OUTLIER_SIZE, OUTLIER_SIZE])]
+    graph = helper.make_graph(nodes, "outlier", inputs, outputs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgeopt-tests")
+    model.ir_version = IR_VERSION
+    checker.check_model(model)
+    return model
+
+
+def build_outlier_keras(seed: int = 0):
+    """The same network as a Keras model (NHWC), layers conv0..conv9."""
+    import keras
+
+    inputs = keras.Input(shape=(OUTLIER_SIZE, OUTLIER_SIZE, 3), name="image")
+    x = inputs
+    convs = []
+    for i, (w, b) in enumerate(outlier_weights(seed)):
+        act = None if i in (2, OUTLIER_CONVS - 1) else "relu"
+        layer = keras.layers.Conv2D(w.shape[0], 3, padding="same", activation=act, name=f"conv{i}")
+        x = layer(x)
+        convs.append((layer, w, b))
+    model = keras.Model(inputs, x, name="outlier")
+    for layer, w, b in convs:
+        layer.set_weights([np.transpose(w, (2, 3, 1, 0)), b])  # OIHW -> HWIO
+    return model

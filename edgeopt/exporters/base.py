@@ -1,4 +1,4 @@
-"""What every exporter returns."""
+"""What every exporter takes beyond the model (``QuantSettings``) and what it returns."""
 
 from __future__ import annotations
 
@@ -6,7 +6,83 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgeopt.errors import ConversionError
+from edgeopt.errors import ConversionError, UsageError
+
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")
+DEFAULT_PERCENTILE = 99.999  # onnxruntime's own default for its Percentile calibrator
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    """How an int8 artifact is calibrated, and which layers stay in float.
+
+    Every exporter takes this one object (``quant=``); the pipeline refuses a method a backend
+    cannot do before any work starts, so an exporter never substitutes another one.
+    ``keep_float`` holds layer/node names exactly as the backend's own exclusion mechanism names
+    them (ONNX node names, TFLite op output tensor names, OpenVINO friendly names).
+    """
+
+    method: str = "minmax"
+    percentile: float = DEFAULT_PERCENTILE
+    per_channel: bool = True
+    keep_float: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        method = f"percentile {self.percentile:g}" if self.method == "percentile" else self.method
+        return f"{method}, {'per-channel' if self.per_channel else 'per-tensor'} weights"
+
+
+DEFAULT_QUANT = QuantSettings()
+
+
+def check_quant(exporter_key: str, quant: QuantSettings, *, keep_float: bool = False) -> str:
+    """The mechanism that does ``quant.method`` on this path, or a UsageError naming target and
+    method; with ``keep_float``, also the refusal of a path that cannot keep layers in float."""
+    from edgeopt.registry import CALIBRATION, KEEP_FLOAT
+
+    target = exporter_key.split("->")[-1]
+    methods = CALIBRATION.get(exporter_key, {})
+    if quant.method not in methods:
+        raise UsageError(
+            f"The {target} target ({exporter_key}) cannot calibrate with method '{quant.method}'; "
+            f"its quantizer offers: {', '.join(methods) or 'none'}.",
+            hint=f"Pick one of those for --calib-method (or calibration.method in the recipe), or drop "
+                 f"'{target}' from the targets. edgeopt never swaps in another method silently.")
+    if keep_float and exporter_key not in KEEP_FLOAT:
+        raise UsageError(
+            f"The {target} target ({exporter_key}) cannot keep chosen layers in float, which per-layer "
+            "overrides and --max-accuracy-drop/--max-fidelity-drop need.",
+            hint="Drop the overrides and accuracy/fidelity budgets for this target, or export to onnx/openvino "
+                 "(or tflite from a Keras model).")
+    return methods[quant.method]
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One quantizable layer of an artifact, named as the backend's exclusion mechanism names it."""
+
+    name: str  # what goes into QuantSettings.keep_float
+    op: str  # op type in the backend (Conv, CONV_2D, Convolution, ...)
+    label: str = ""  # the source layers it came from, for people; ``name`` when empty
+
+    @property
+    def title(self) -> str:
+        return self.label or self.name
+
+
+def source_layer_names(source) -> list[str]:
+    """The source's own layer names where its framework keeps them (Keras), in model order."""
+    layers = getattr(getattr(source, "native", None), "layers", None) or []
+    return [getattr(layer, "name", "") for layer in layers if getattr(layer, "name", "")]
+
+
+def layer_label(texts: list[str], names: list[str]) -> str:
+    """The source layers a converted op came from ("stem_conv+stem_bn+stem_relu"), read from the
+    op's own, its tensors' or its producers' names: converters keep the layer's scope in them as
+    ``<layer>`` or ``<layer>_<n>`` path segments, joining fused ops' names with ';'."""
+    segments = {seg for text in texts for part in text.split(";") for seg in re.split(r"[/:]", part)}
+    found = {name for name in names if any(re.fullmatch(rf"{re.escape(name)}(_\d+)?", seg) for seg in segments)}
+    return "+".join(name for name in names if name in found)
 
 
 @dataclass

@@ -2,8 +2,10 @@
 
 Each source first becomes a float ModelProto; precision is then applied the same way for all:
 fp16 by casting weights (inputs and outputs stay float32), int8 by ONNX Runtime's static QDQ
-quantization with per-channel weights when calibration data is given, else dynamic quantization.
-The source's layout is kept whatever ``keep_layout`` says: ONNX runtimes take NCHW and NHWC alike.
+quantization when calibration data is given (its MinMax, Percentile or Entropy calibrator;
+per-channel or per-tensor weights; nodes kept in float through ``nodes_to_exclude``), else dynamic
+quantization. The source's layout is kept whatever ``keep_layout`` says: ONNX runtimes take NCHW
+and NHWC alike.
 """
 
 from __future__ import annotations
@@ -11,8 +13,11 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
+import re
 import shutil
 import tempfile
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +27,8 @@ import numpy as np
 from edgeopt.calibration import Subset
 from edgeopt.deps import quiet_stderr, require
 from edgeopt.errors import ConversionError
-from edgeopt.exporters.base import ExportResult, conversion_failure
+from edgeopt.exporters.base import (DEFAULT_QUANT, ExportResult, Layer, QuantSettings, check_quant,
+                                    conversion_failure, layer_label, source_layer_names)
 from edgeopt.frameworks.base import LoadedModel
 from edgeopt.model import Format
 from edgeopt.names import match_inputs
@@ -31,27 +37,55 @@ OPSET = 17
 # Ops whose second input is a weight: in a full QDQ model it comes from a DequantizeLinear.
 WEIGHTED_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
 INT8_IO_NOTE = "--int8-io applies to TFLite only; the ONNX artifact keeps float inputs and outputs."
+Q_DQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+
+# The pipeline exports one source several times (fp32 baseline, int8, and each try of the
+# accuracy-budget search); the float graph is traced once per source and kept serialized.
+_FLOAT_GRAPHS: weakref.WeakKeyDictionary[LoadedModel, bytes] = weakref.WeakKeyDictionary()
+# Activation ranges, as ONNX Runtime's own calibration cache (JSON), per source and (calibration
+# data, method, percentile): the budget search exports once per layer and calibrates only once.
+_RANGES: weakref.WeakKeyDictionary[LoadedModel, dict[tuple, str]] = weakref.WeakKeyDictionary()
 
 
 def export_keras(source: LoadedModel, out: Path, *, precision: str, calib: Subset | None = None,
-                 int8_io: bool = False, keep_layout: bool = False) -> ExportResult:
-    return _finish(keras_to_onnx(source), source, out, precision=precision, calib=calib, int8_io=int8_io)
+                 int8_io: bool = False, keep_layout: bool = False,
+                 quant: QuantSettings = DEFAULT_QUANT) -> ExportResult:
+    return _finish(cached_float_graph(source, keras_to_onnx), source, out, precision=precision, calib=calib,
+                   int8_io=int8_io, quant=quant, key="keras->onnx")
 
 
 def export_torch(source: LoadedModel, out: Path, *, precision: str, calib: Subset | None = None,
-                 int8_io: bool = False, keep_layout: bool = False) -> ExportResult:
-    return _finish(torch_to_onnx(source), source, out, precision=precision, calib=calib, int8_io=int8_io)
+                 int8_io: bool = False, keep_layout: bool = False,
+                 quant: QuantSettings = DEFAULT_QUANT) -> ExportResult:
+    return _finish(cached_float_graph(source, torch_to_onnx), source, out, precision=precision, calib=calib,
+                   int8_io=int8_io, quant=quant, key="torch->onnx")
 
 
 def export_onnx(source: LoadedModel, out: Path, *, precision: str, calib: Subset | None = None,
-                int8_io: bool = False, keep_layout: bool = False) -> ExportResult:
+                int8_io: bool = False, keep_layout: bool = False,
+                quant: QuantSettings = DEFAULT_QUANT) -> ExportResult:
     if getattr(source, "quantized", False):
         # Quantizing a quantized graph again stacks errors; hand back the model as it is, with any
         # external weights folded in so the artifact is one file.
         _save(require("onnx", "Writing ONNX models"), source.native, out, source)
         note = f"'{source.handle.path.name}' is already quantized: copied unchanged, not quantized again."
         return ExportResult(out, "source-quantized", [note] if precision != "fp32" else [])
-    return _finish(_cleaned(source), source, out, precision=precision, calib=calib, int8_io=int8_io)
+    return _finish(cached_float_graph(source, _cleaned), source, out, precision=precision, calib=calib,
+                   int8_io=int8_io, quant=quant, key="onnx->onnx")
+
+
+def cached_float_graph(source: LoadedModel, convert: Any) -> Any:
+    """``convert(source)``, traced once per source; each caller gets its own copy of the graph."""
+    onnx = require("onnx", "Writing ONNX models")
+    data = _FLOAT_GRAPHS.get(source)
+    if data is None:
+        proto = convert(source)
+        try:
+            data = proto.SerializeToString()
+        except ValueError:  # over protobuf's 2 GB: let _save name the problem
+            return proto
+        _FLOAT_GRAPHS[source] = data
+    return onnx.load_from_string(data)
 
 
 def keras_to_onnx(source: LoadedModel) -> Any:
@@ -80,6 +114,53 @@ def keras_to_onnx(source: LoadedModel) -> Any:
             proto, _ = tf2onnx.convert.from_function(function, input_signature=specs, opset=OPSET)
     except Exception as exc:
         raise conversion_failure("tf2onnx", source.handle.path, exc) from exc
+    return canonical_names(proto)
+
+
+# tf2onnx numbers the nodes and tensors it creates from a process-wide counter ('Conv__24',
+# 'const_fold_opt__35'), and its optimizer walks sets: the numbers change with every conversion in a
+# process and with PYTHONHASHSEED, while the graph does not.
+_GENERATED = re.compile(r"^(?P<stem>.*?)__\d+(?P<port>:\d+)?$")
+
+
+def canonical_names(proto: Any) -> Any:
+    """The same graph with generated node and tensor names renumbered by position, and initializers
+    in order of first use, so one model converts to the same bytes every time. Names taken from
+    the source (layer scopes) are kept: overrides and reports use them."""
+    graph = proto.graph
+    # "converted from b'__inference_call_325'": the traced function's number, counted the same way.
+    graph.doc_string = re.sub(r"(__inference_\w+?)_\d+'", r"\1'", graph.doc_string)
+    fixed = {v.name for v in (*graph.input, *graph.output)}
+    nodes: dict[str, str] = {}
+    for i, node in enumerate(graph.node):
+        match = _GENERATED.match(node.name)
+        if match and not match["port"]:
+            nodes[node.name] = f"{match['stem']}__{i}"
+            node.name = nodes[node.name]
+    order: dict[str, int] = {}
+    for node in graph.node:
+        for name in (*node.input, *node.output):
+            order.setdefault(name, len(order))
+    renamed: dict[str, str] = {}
+    for name in sorted(order, key=order.get):
+        match = _GENERATED.match(name)
+        if not match or name in fixed:
+            continue
+        owner = name[:-len(match["port"])] if match["port"] else None
+        renamed[name] = f"{nodes[owner]}{match['port']}" if owner in nodes else \
+            f"{match['stem']}__t{order[name]}{match['port'] or ''}"
+    for node in graph.node:
+        node.input[:] = [renamed.get(n, n) for n in node.input]
+        node.output[:] = [renamed.get(n, n) for n in node.output]
+    for tensor in (*graph.initializer, *graph.value_info):
+        tensor.name = renamed.get(tensor.name, tensor.name)
+    back = {new: old for old, new in renamed.items()}
+    ordered = sorted(graph.initializer, key=lambda t: (order.get(back.get(t.name, t.name), len(order)), t.name))
+    copies = [type(t)() for t in ordered]
+    for copy, tensor in zip(copies, ordered):
+        copy.CopyFrom(tensor)
+    del graph.initializer[:]
+    graph.initializer.extend(copies)
     return proto
 
 
@@ -128,7 +209,7 @@ def _cleaned(source: LoadedModel) -> Any:
 
 
 def _finish(proto: Any, source: LoadedModel, out: Path, *, precision: str, calib: Subset | None,
-            int8_io: bool) -> ExportResult:
+            int8_io: bool, quant: QuantSettings, key: str) -> ExportResult:
     onnx = require("onnx", "Writing ONNX models")
     notes = [INT8_IO_NOTE] if int8_io else []
     with tempfile.TemporaryDirectory(prefix=".edgeopt-onnx-", dir=out.parent) as tmp:
@@ -145,12 +226,16 @@ def _finish(proto: Any, source: LoadedModel, out: Path, *, precision: str, calib
         if calib is None:
             _quantize_dynamic(float_path, out, source)
             return ExportResult(out, "int8-dynamic", notes)
-        _quantize_static(float_path, Path(tmp), out, source, calib)
-    floats = float_compute_nodes(onnx.load(str(out)))
+        check_quant(key, quant, keep_float=bool(quant.keep_float))
+        _quantize_static(float_path, Path(tmp), out, source, calib, quant)
+    kept = set(quant.keep_float)
+    floats = [f for f in float_compute_nodes(onnx.load(str(out))) if f.split("'")[1] not in kept]
+    if kept:
+        notes.append(f"Kept in float in '{out.name}' (onnxruntime nodes_to_exclude): {', '.join(sorted(kept))}.")
     if floats:
         notes.append(f"Some weighted ops stayed in float in '{out.name}': {', '.join(floats[:8])}"
                      + (f" and {len(floats) - 8} more" if len(floats) > 8 else "") + ".")
-    return ExportResult(out, "int8", notes, float_fallback=bool(floats))
+    return ExportResult(out, "int8", notes, float_fallback=bool(floats or kept))
 
 
 def _save(onnx: Any, proto: Any, path: Path, source: LoadedModel) -> None:
@@ -170,30 +255,98 @@ def _quantize_dynamic(float_path: Path, out: Path, source: LoadedModel) -> None:
         raise conversion_failure("onnxruntime quantize_dynamic", source.handle.path, exc) from exc
 
 
-def _quantize_static(float_path: Path, tmp: Path, out: Path, source: LoadedModel, calib: Subset) -> None:
-    quant = require("onnxruntime.quantization", "Quantizing ONNX models")
+@contextlib.contextmanager
+def _working_dir(folder: Path) -> Iterator[None]:
+    previous = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def _quantize_static(float_path: Path, tmp: Path, out: Path, source: LoadedModel, calib: Subset,
+                     quant: QuantSettings) -> None:
+    ort_quant = require("onnxruntime.quantization", "Quantizing ONNX models")
     shape_tools = require("onnxruntime.quantization.shape_inference", "Quantizing ONNX models")
     onnx = require("onnx", "Quantizing ONNX models")
     prepared = tmp / "prepared.onnx"
+    # When symbolic shape inference fails, onnxruntime saves its partial model into the current
+    # folder (sym_shape_infer_temp.onnx and a data file); run it from the temporary folder instead.
+    with _working_dir(tmp):
+        try:
+            with quiet_stderr():
+                shape_tools.quant_pre_process(str(float_path), str(prepared))
+        except Exception:
+            # Symbolic shape inference fails on some graphs; the ONNX one is enough for quantization.
+            with quiet_stderr():
+                shape_tools.quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+    model = onnx.load(str(prepared), load_external_data=False)
+    names = [v.name for v in model.graph.input]
+    if any(not node.name for node in model.graph.node):
+        # nodes_to_exclude and the report name nodes; give the nameless ones stable names.
+        for i, node in enumerate(model.graph.node):
+            node.name = node.name or f"{node.op_type}_{i}"
+        onnx.save(model, str(prepared))
+    method = {"minmax": ort_quant.CalibrationMethod.MinMax, "percentile": ort_quant.CalibrationMethod.Percentile,
+              "entropy": ort_quant.CalibrationMethod.Entropy}[quant.method]
+    extra = {"CalibPercentile": quant.percentile} if quant.method == "percentile" else {}
+    ranges = _ranges(ort_quant, prepared, tmp, source, calib, quant, names)
+    cache = {"calibration_cache_path": str(ranges)} if ranges is not None else {}
     try:
-        with quiet_stderr():
-            shape_tools.quant_pre_process(str(float_path), str(prepared))
-    except Exception:
-        # Symbolic shape inference fails on some graphs; the ONNX one is enough for quantization.
-        with quiet_stderr():
-            shape_tools.quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
-    names = [v.name for v in onnx.load(str(prepared), load_external_data=False).graph.input]
-    try:
-        with quiet_stderr():
+        # The histogram calibrators (percentile, entropy) print their progress on stdout.
+        with quiet_stderr(), contextlib.redirect_stdout(io.StringIO()):
             # uint8 activations with int8 weights (U8S8) is the pairing ONNX Runtime's x86 kernels fuse
             # into QLinearConv; int8 activations leave Conv running in float between Q/DQ pairs.
-            quant.quantize_static(
-                str(prepared), str(out), _reader(quant, calib, names, source.handle.input_names),
-                quant_format=quant.QuantFormat.QDQ, per_channel=True,
-                activation_type=quant.QuantType.QUInt8, weight_type=quant.QuantType.QInt8,
-                calibrate_method=quant.CalibrationMethod.MinMax)
+            ort_quant.quantize_static(
+                str(prepared), str(out), _reader(ort_quant, calib, names, source.handle.input_names),
+                quant_format=ort_quant.QuantFormat.QDQ, per_channel=quant.per_channel,
+                activation_type=ort_quant.QuantType.QUInt8, weight_type=ort_quant.QuantType.QInt8,
+                calibrate_method=method, nodes_to_exclude=list(quant.keep_float), extra_options=extra, **cache)
     except Exception as exc:
         raise conversion_failure("onnxruntime quantize_static", source.handle.path, exc) from exc
+    if ranges is not None and ranges.is_file():
+        _RANGES.setdefault(source, {})[(id(calib), quant.method, quant.percentile)] = ranges.read_text()
+
+
+def _ranges(ort_quant: Any, prepared: Path, tmp: Path, source: LoadedModel, calib: Subset, quant: QuantSettings,
+            names: list[str]) -> Path | None:
+    """Where quantize_static reads (or, on a first call, writes) its activation ranges; None on an
+    ONNX Runtime without calibration caches."""
+    import inspect
+
+    if "calibration_cache_path" not in inspect.signature(ort_quant.quantize_static).parameters:
+        return None
+    path = tmp / "ranges.json"
+    cached = _RANGES.get(source, {}).get((id(calib), quant.method, quant.percentile))
+    if cached is not None:
+        path.write_text(cached)
+    elif quant.method == "entropy":
+        # quantize_static gives its entropy calibrator 128 histogram bins for 128 quantized bins,
+        # which leaves one candidate threshold, the full range: min/max under another name. ORT's
+        # own calibrator with 2048 bins (as TensorRT's) searches the KL-optimal threshold.
+        with quiet_stderr(), contextlib.redirect_stdout(io.StringIO()):
+            calibrator = ort_quant.create_calibrator(
+                prepared, augmented_model_path=str(tmp / "augmented.onnx"),
+                calibrate_method=ort_quant.CalibrationMethod.Entropy,
+                extra_options={"num_bins": 2048, "num_quantized_bins": 128})
+            calibrator.collect_data(_reader(ort_quant, calib, names, source.handle.input_names))
+            ort_quant.save_tensors_data(calibrator.compute_data(), path)
+    return path
+
+
+def quantized_layers(source: LoadedModel, *, calib: Subset | None = None, quant: QuantSettings = DEFAULT_QUANT,
+                     artifact: Path) -> list[Layer]:
+    """The nodes of a QDQ artifact that read a dequantized tensor: those ONNX Runtime quantized,
+    under the node names ``nodes_to_exclude`` takes."""
+    onnx = require("onnx", "Reading ONNX models")
+    model = onnx.load(str(artifact), load_external_data=False)
+    dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    names = source_layer_names(source)
+    # The first input is the activation, named after the layer before; weights name the layer itself.
+    return [Layer(name=n.name, op=n.op_type, label=layer_label([n.name, *n.input[1:]], names))
+            for n in model.graph.node
+            if n.op_type not in Q_DQ_OPS and n.name and any(i in dequantized for i in n.input)]
 
 
 def _reader(quant: Any, calib: Subset, onnx_names: list[str], source_names: list[str]) -> Any:

@@ -1,6 +1,10 @@
 """Keras/SavedModel -> TFLite with the TFLite converter: fp32, fp16, dynamic-range or full int8.
 
-Keras models are channels-last already, so ``keep_layout`` changes nothing here.
+Keras models are channels-last already, so ``keep_layout`` changes nothing here. The converter
+calibrates with min/max ranges only; per-tensor weights use its per-channel switch. Layers kept
+in float go through the converter's QuantizationDebugger: the model is calibrated once and
+quantized with ``denylisted_nodes`` (op output tensor names), which leaves those ops in float
+with quantize/dequantize ops around them.
 """
 
 from __future__ import annotations
@@ -8,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,15 +21,20 @@ import numpy as np
 from edgeopt.calibration import Subset
 from edgeopt.deps import quiet_stderr, require
 from edgeopt.errors import ConversionError
-from edgeopt.exporters.base import ExportResult
+from edgeopt.exporters.base import (DEFAULT_QUANT, ExportResult, Layer, QuantSettings, check_quant, layer_label,
+                                    source_layer_names)
 from edgeopt.frameworks.base import LoadedModel
 from edgeopt.model import Format
 
 
 def export_keras(source: LoadedModel, out: Path, *, precision: str, calib: Subset | None = None,
-                 int8_io: bool = False, keep_layout: bool = False) -> ExportResult:
+                 int8_io: bool = False, keep_layout: bool = False,
+                 quant: QuantSettings = DEFAULT_QUANT) -> ExportResult:
     tf = require("tensorflow", "Converting to TFLite")
     converter = _converter(tf, source)
+    if not quant.per_channel:
+        # The converter's only switch for per-tensor weights; its QuantizationDebugger reads it too.
+        converter._experimental_disable_per_channel = True
     notes: list[str] = []
     label = precision
     if precision == "fp16":
@@ -36,12 +46,20 @@ def export_keras(source: LoadedModel, out: Path, *, precision: str, calib: Subse
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         label = "int8-dynamic"
     elif precision == "int8":
+        check_quant("keras->tflite", quant, keep_float=bool(quant.keep_float))
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = _representative(calib, source.handle.input_names)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         if int8_io:
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
+    if quant.keep_float and precision == "int8" and calib is not None:
+        try:
+            flatbuffer = _convert_keeping_float(tf, converter, calib, source.handle.input_names, quant, int8_io)
+        except Exception as exc:
+            raise _conversion_error(source, exc) from exc
+        out.write_bytes(flatbuffer)
+        return ExportResult(out, label, notes, float_fallback=True)
     try:
         flatbuffer = _convert(converter)
     except Exception as exc:
@@ -60,6 +78,47 @@ def export_keras(source: LoadedModel, out: Path, *, precision: str, calib: Subse
         return ExportResult(out, label, notes, float_fallback=True)
     out.write_bytes(flatbuffer)
     return ExportResult(out, label, notes)
+
+
+def _convert_keeping_float(tf, converter, calib: Subset, names: list[str], quant: QuantSettings,
+                           int8_io: bool) -> bytes:
+    """Calibrate once, then quantize with the named ops left in float (``denylisted_nodes``)."""
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(quant.keep_float),
+                                                            fully_quantize=int8_io)
+    # The debugger checks its instrumented model with tf.lite.Interpreter, which warns that it is deprecated.
+    with contextlib.redirect_stdout(io.StringIO()), quiet_stderr(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=_representative(calib, names), debug_options=options)
+        return debugger.get_nondebug_quantized_model()
+
+
+def keras_layers(source: LoadedModel, *, calib: Subset, quant: QuantSettings = DEFAULT_QUANT,
+                 artifact: Path | None = None) -> list[Layer]:
+    """Every op of the calibrated model, named by its output tensor as ``denylisted_nodes`` wants.
+
+    Read from the calibrated float model rather than the int8 artifact: there an op that writes a
+    graph output is renamed ("Identity1") when a DEQUANTIZE takes over the output's name.
+    """
+    tf = require("tensorflow", "Converting to TFLite")
+    litert = require("ai_edge_litert.interpreter", "Reading TFLite models")
+    converter = _converter(tf, source)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = _representative(calib, source.handle.input_names)
+    converter.experimental_mlir_quantizer = True
+    converter._experimental_calibrate_only = True  # what QuantizationDebugger itself does first
+    calibrated = _convert(converter)
+    interp = litert.Interpreter(model_content=calibrated,
+                                experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    tensors = {t["index"]: t["name"] for t in interp.get_tensor_details()}
+    keras_names = source_layer_names(source)
+    layers = []
+    for op in interp._get_ops_details():
+        if not op["outputs"] or op["op_name"] in ("QUANTIZE", "DEQUANTIZE"):
+            continue
+        name = tensors[op["outputs"][0]]
+        layers.append(Layer(name=name, op=op["op_name"], label=layer_label([name], keras_names)))
+    return layers
 
 
 def _converter(tf, source: LoadedModel):

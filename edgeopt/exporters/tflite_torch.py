@@ -8,8 +8,7 @@ The quantizer works on the float flatbuffer: fp16 casts weights, int8 with calib
 quantizes weights and activations (inputs and outputs stay float unless int8 I/O is asked for),
 int8 without data quantizes weights and lets the runtime quantize activations on the fly.
 
-There is no ONNX -> TFLite route here: onnx2tf cannot be installed beside this TensorFlow, and
-going through PyTorch needs onnx2torch, which needs torchvision.
+ONNX sources come here too (``tflite_onnx``): their graph is first run as a PyTorch module.
 """
 
 from __future__ import annotations
@@ -27,13 +26,17 @@ import numpy as np
 from edgeopt.calibration import Subset
 from edgeopt.deps import quiet_stderr, require
 from edgeopt.errors import ConversionError
-from edgeopt.exporters.base import ExportResult, conversion_failure
+from edgeopt.exporters.base import DEFAULT_QUANT, ExportResult, QuantSettings, check_quant, conversion_failure
 from edgeopt.frameworks.base import LoadedModel, guess_layout
 from edgeopt.targets.base import NCHW_TO_NHWC, Axes
 
 
 def export_torch(source: LoadedModel, out: Path, *, precision: str, calib: Subset | None = None,
-                 int8_io: bool = False, keep_layout: bool = False) -> ExportResult:
+                 int8_io: bool = False, keep_layout: bool = False,
+                 quant: QuantSettings = DEFAULT_QUANT) -> ExportResult:
+    if precision == "int8" and calib is not None:
+        # ai-edge-quantizer calibrates with min/max only; layers in float are not offered here.
+        check_quant("torch->tflite", quant, keep_float=bool(quant.keep_float))
     litert_torch = require("litert_torch", "Converting PyTorch models to TFLite")
     notes: list[str] = []
     moved_inputs, moved_outputs = ([], []) if keep_layout else _channels_first(source)
@@ -53,7 +56,7 @@ def export_torch(source: LoadedModel, out: Path, *, precision: str, calib: Subse
             raise conversion_failure("litert_torch.convert", source.handle.path, exc) from exc
         if precision == "fp32":
             return ExportResult(out, "fp32", notes)
-        recipe, label = _recipe(precision, calib, int8_io)
+        recipe, label = _recipe(precision, calib, int8_io, quant.per_channel)
         quantizer = require("ai_edge_quantizer.quantizer", "Quantizing TFLite models")
         try:
             with _quiet():
@@ -89,7 +92,7 @@ def _flat_outputs(source: LoadedModel) -> bool:
     return torch.is_tensor(raw) or (isinstance(raw, (list, tuple)) and all(torch.is_tensor(t) for t in raw))
 
 
-def _recipe(precision: str, calib: Subset | None, int8_io: bool) -> tuple[Any, str]:
+def _recipe(precision: str, calib: Subset | None, int8_io: bool, per_channel: bool = True) -> tuple[Any, str]:
     manager_module = require("ai_edge_quantizer.recipe_manager", "Quantizing TFLite models")
     qtyping = require("ai_edge_quantizer.qtyping", "Quantizing TFLite models")
     algorithms = require("ai_edge_quantizer.algorithm_manager", "Quantizing TFLite models").AlgorithmName
@@ -101,7 +104,9 @@ def _recipe(precision: str, calib: Subset | None, int8_io: bool) -> tuple[Any, s
     if calib is None:
         manager.add_dynamic_config(".*", ops.ALL_SUPPORTED, num_bits=8)
         return manager.get_quantization_recipe(), "int8-dynamic"
-    manager.add_static_config(".*", ops.ALL_SUPPORTED, activation_num_bits=8, weight_num_bits=8)
+    granularity = qtyping.QuantGranularity.CHANNELWISE if per_channel else qtyping.QuantGranularity.TENSORWISE
+    manager.add_static_config(".*", ops.ALL_SUPPORTED, activation_num_bits=8, weight_num_bits=8,
+                              weight_granularity=granularity)
     if not int8_io:
         # Later entries win: graph inputs and outputs stay float, with (de)quantize ops inside.
         float_io = qtyping.OpQuantizationConfig(compute_precision=qtyping.ComputePrecision.FLOAT,

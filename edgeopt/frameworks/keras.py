@@ -19,11 +19,16 @@ import numpy as np
 
 from edgeopt.deps import require
 from edgeopt.errors import InputRejected, UnsafeModel
-from edgeopt.formats import check_zip
+from edgeopt.formats import ZIP_ERRORS, check_zip
+from edgeopt.frameworks import h5probe
 from edgeopt.frameworks.base import LoadedModel, guess_layout
 from edgeopt.model import Format, ModelHandle, TensorSpec
 
-CODE_LAYERS = {"Lambda", "TFOpLambda", "SlicingOpLambda"}
+# "__lambda__" is how Keras 3 stores a Python lambda passed where a function was expected.
+CODE_LAYERS = {"Lambda", "TFOpLambda", "SlicingOpLambda", "__lambda__"}
+# Serialized functions ("class_name": "function") may name only these Keras modules; others such as
+# keras.utils.get_file would download or touch files while the model is being rebuilt.
+FUNCTION_MODULES = ("activations", "losses", "metrics", "ops", "initializers", "regularizers", "constraints")
 VOCABULARY_LAYERS = {"StringLookup", "IntegerLookup", "TextVectorization"}
 MODEL_CLASSES = {"Functional", "Sequential", "Model"}
 TRUST_HINT = "Pass --trust-model only if you trust where this file came from; loading it can run its code."
@@ -33,40 +38,94 @@ KERAS_SUFFIXES = {Format.KERAS_H5: (".h5", ".hdf5"), Format.KERAS_V3: (".keras",
 
 
 def read_config(path: Path, fmt: Format) -> dict[str, Any]:
-    """The model's architecture config, read without letting Keras parse the file."""
+    """The model's architecture config, read without letting Keras parse the file.
+
+    HDF5 content (the .h5 file, or model.weights.h5 inside a .keras archive) is first read in a
+    child process (h5probe), which also refuses links to other files and decompression bombs.
+    """
+    require("h5py", "Reading Keras .h5 files")
     if fmt is Format.KERAS_V3:
         with check_zip(path) as zf:
             try:
-                return json.loads(zf.read("config.json"))
-            except (KeyError, ValueError, OSError) as exc:
+                raw = zf.read("config.json")
+            except (KeyError, *ZIP_ERRORS) as exc:
                 raise InputRejected(f"'{path}' has no readable config.json: {exc}.",
                                     hint="The .keras file is corrupt or truncated; save it again.") from exc
-    h5py = require("h5py", "Reading Keras .h5 files")
-    try:
-        with h5py.File(path, "r") as fh:
-            raw = fh.attrs.get("model_config")
-    except OSError as exc:
-        raise InputRejected(f"Cannot read '{path}' as HDF5: {exc}.",
-                            hint="The file is probably truncated or corrupt; save the model again.") from exc
-    if raw is None:
+            has_weights = "model.weights.h5" in zf.namelist()
+        if has_weights:
+            _probe(path, "model.weights.h5", f"the weights in '{path}' (model.weights.h5)")
+        return _parse_config(raw, path)
+    found = _probe(path, None, f"'{path}'")
+    if found["config"] is None:
+        if found["config_type"] != "NoneType":
+            raise InputRejected(f"The model config inside '{path}' is a {found['config_type']}, not JSON text.",
+                                hint="The file is corrupt or not a Keras model; save the model again.")
         raise InputRejected(f"'{path}' holds weights only, no model architecture.",
                             hint="Save the whole model with model.save('model.h5') or model.save('model.keras').")
+    return _parse_config(found["config"], path)
+
+
+def _probe(path: Path, member: str | None, what: str) -> dict[str, Any]:
     try:
-        return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        found = h5probe.run_probe(path, member)
+    except h5probe.ProbeFailed as exc:
+        raise InputRejected(f"Cannot read {what} as HDF5: {exc}.",
+                            hint="The file is truncated, damaged or crafted; save the model again.") from None
+    if found.get("error"):
+        raise InputRejected(f"Cannot read {what} as HDF5: {found['error']}.",
+                            hint="The file is probably truncated or corrupt; save the model again.")
+    if found.get("problem"):
+        raise UnsafeModel(f"Refusing {what}: {found['problem']}.",
+                          hint="Save the model again with model.save(); edgeopt reads only self-contained files.")
+    return found
+
+
+def _parse_config(raw: Any, path: Path) -> dict[str, Any]:
+    if not isinstance(raw, (str, bytes)):
+        raise InputRejected(f"The model config inside '{path}' is a {type(raw).__name__}, not JSON text.",
+                            hint="The file is corrupt or not a Keras model; save the model again.")
+    try:
+        config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
     except ValueError as exc:
-        raise InputRejected(f"The model config inside '{path}' is not valid JSON: {exc}.") from exc
+        raise InputRejected(f"The model config inside '{path}' is not valid JSON: {exc}.",
+                            hint="The file is corrupt; save the model again.") from exc
+    except RecursionError:  # json recurses once per level: a nesting bomb would crash the scan
+        raise InputRejected(f"The model config inside '{path}' is nested too deeply to be a Keras model.",
+                            hint="The file is corrupt or crafted; save the model again.") from None
+    if not isinstance(config, dict):
+        raise InputRejected(f"The model config inside '{path}' is a JSON {type(config).__name__}, not an object.",
+                            hint="The file is corrupt or not a Keras model; save the model again.")
+    return config
 
 
-def _walk(node: Any, in_layers: bool = False) -> Iterator[tuple[dict, bool]]:
-    """Yield every serialized object (a dict with class_name) and whether it is a layer."""
-    if isinstance(node, dict):
-        if "class_name" in node:
-            yield node, in_layers
-        for key, value in node.items():
-            yield from _walk(value, key == "layers")
-    elif isinstance(node, list):
-        for item in node:
-            yield from _walk(item, in_layers)
+def _walk(root: Any) -> Iterator[tuple[dict, bool]]:
+    """Yield every serialized object (a dict with class_name) in document order and whether it is
+    a layer; objects inside a code-carrying one (whose code is reported already) are skipped.
+
+    Iterative, so that however deeply a crafted config nests, the scan cannot overflow the stack.
+    """
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, in_layers = stack.pop()
+        if isinstance(node, dict):
+            if "class_name" in node:
+                yield node, in_layers
+                if isinstance(node["class_name"], str) and node["class_name"] in CODE_LAYERS:
+                    continue
+            stack.extend((value, key == "layers") for key, value in reversed(node.items()))
+        elif isinstance(node, list):
+            stack.extend((item, in_layers) for item in reversed(node))
+
+
+def _is_keras_module(module: str, allowed: tuple[str, ...] = ("",)) -> bool:
+    """``module`` is Keras' own (``keras.x`` or ``keras.src.x``), under one of ``allowed`` when given.
+
+    A plain prefix test would also let ``kerasevil.layers`` pass."""
+    parts = module.split(".")
+    if parts[0] != "keras":
+        return False
+    rest = parts[2:] if parts[1:2] == ["src"] else parts[1:]
+    return "" in allowed or (bool(rest) and rest[0] in allowed)
 
 
 def find_unsafe(config: dict[str, Any]) -> list[str]:
@@ -75,18 +134,26 @@ def find_unsafe(config: dict[str, Any]) -> list[str]:
     problems = []
     for obj, is_layer in _walk(config):
         cls = obj["class_name"]
-        name = (obj.get("config") or {}).get("name", "?") if isinstance(obj.get("config"), dict) else "?"
+        inner = obj.get("config")
+        name = inner.get("name", "?") if isinstance(inner, dict) else "?"
         module = obj.get("module")
         registered = obj.get("registered_name")
-        if cls in CODE_LAYERS:
+        if not isinstance(cls, str) or not isinstance(module, (str, type(None))):
+            problems.append(f"object '{name}' has a class_name or module that is not a string")
+        elif cls == "__lambda__":
+            problems.append("the config holds a Python lambda stored as bytecode")
+        elif cls in CODE_LAYERS:
             problems.append(f"layer '{name}' is a {cls} layer (it holds Python code)")
-        elif module is not None and not str(module).startswith("keras"):
+        elif module is not None and not _is_keras_module(module):
             problems.append(f"layer/object '{name}' is class {cls} from module '{module}', outside Keras")
+        elif cls == "function" and (module is None or not _is_keras_module(module, FUNCTION_MODULES)):
+            problems.append(f"the config calls the function '{inner}' from '{module}', which is not a Keras "
+                            "activation, loss, metric or op")
         elif registered and ">" in str(registered):
             problems.append(f"layer/object '{name}' is the custom class '{registered}'")
         elif is_layer and module is None and cls not in MODEL_CLASSES and not hasattr(keras.layers, cls):
             problems.append(f"layer '{name}' is class {cls}, which is not a Keras layer")
-        if cls in VOCABULARY_LAYERS and isinstance((obj.get("config") or {}).get("vocabulary"), str):
+        if cls in VOCABULARY_LAYERS and isinstance(inner, dict) and isinstance(inner.get("vocabulary"), str):
             problems.append(f"layer '{name}' ({cls}) reads its vocabulary from a file path")
     return problems
 

@@ -38,6 +38,7 @@ def load(path: Path, fmt: Format = Format.ONNX, *, trust: bool = False) -> Loade
         raise InputRejected(f"Cannot parse '{path}' as an ONNX model: {exc}",
                             hint="The file is probably truncated or not ONNX. " + REEXPORT_HINT) from exc
     external = check_external_data(model, path)
+    check_ops(onnx, model, path)
     try:
         # Path-based checking reads external data itself and allows models over 2 GB.
         onnx.checker.check_model(str(path))
@@ -52,6 +53,34 @@ def load(path: Path, fmt: Format = Format.ONNX, *, trust: bool = False) -> Loade
         notes.append(f"'{path.name}' is already quantized (it has {', '.join(quantized)} nodes); "
                      "quantizing it again would stack quantization errors.")
     return OnnxModel(path, model, notes, quantized=bool(quantized))
+
+
+def check_ops(onnx: Any, model: Any, path: Path) -> None:
+    """Name the first node whose op the standard ONNX domains do not define at the model's opset.
+
+    Such a model is well-formed but uses an op no converter or runtime here implements, which is
+    exit 4 (unsupported op), not a broken file; the checker alone would report it as invalid.
+    """
+    def canonical(domain: str) -> str:
+        return "" if domain == "ai.onnx" else domain
+
+    opsets = {canonical(o.domain): o.version for o in model.opset_import}
+    local = {(f.domain, f.name) for f in model.functions}
+    for node in model.graph.node:
+        domain = canonical(node.domain)
+        version = opsets.get(domain)
+        # Other domains and missing opset imports are the checker's and the runtime's to judge.
+        if domain not in STANDARD_DOMAINS or version is None or (node.domain, node.op_type) in local:
+            continue
+        try:
+            onnx.defs.get_schema(node.op_type, version, domain)
+        except TypeError:  # an opset version out of range: malformed, which the checker reports
+            continue
+        except onnx.defs.SchemaError:
+            raise ConversionError(
+                f"Unsupported op in '{path}': node '{node.name or node.output[0]}' is a '{node.op_type}', which "
+                f"ONNX does not define in domain '{domain or 'ai.onnx'}' at opset {version}.",
+                hint="Replace the op with standard ONNX ops, or export with an opset that defines it.") from None
 
 
 def check_external_data(model: Any, path: Path) -> list[str]:
@@ -90,8 +119,12 @@ def check_external_data(model: Any, path: Path) -> list[str]:
         if not current.resolve().is_relative_to(root):
             raise InputRejected(f"The {where} points at '{location}', outside the model's folder.", hint=fix)
         size = current.stat().st_size
-        offset, length = int(entries.get("offset", 0) or 0), int(entries.get("length", 0) or 0)
-        if offset + length > size:
+        try:
+            offset, length = int(entries.get("offset", 0) or 0), int(entries.get("length", 0) or 0)
+        except ValueError:
+            raise InputRejected(f"The {where} gives a non-numeric offset or length for '{location}'.",
+                                hint=REEXPORT_HINT) from None
+        if offset < 0 or length < 0 or offset + length > size:
             raise InputRejected(f"The {where} reads bytes {offset}..{offset + length} of '{location}', "
                                 f"which has only {size}.", hint="The weight file is truncated; copy it again.")
         seen.append(location)
@@ -167,11 +200,14 @@ def tensor_specs(model: Any, *, inputs: bool, prefer_layout: str = "nchw") -> tu
     return tuple(specs)
 
 
-def ort_error(path: Path, exc: Exception) -> ConversionError | InputRejected:
+def ort_error(path: Path, exc: Exception, model: Any = None) -> ConversionError | InputRejected:
     """ONNX Runtime's load errors, sorted into 'unsupported op' (4) and 'bad file' (3)."""
     text = _first_line(exc)
     if "NOT_IMPLEMENTED" in text or "Could not find an implementation" in text or "is not a registered" in text:
-        return ConversionError(f"ONNX Runtime has no CPU kernel for an op in '{path}': {text}",
+        nodes = [f"'{n.name or n.output[0]}' ({n.domain + ':' if n.domain else ''}{n.op_type})"
+                 for n in (model.graph.node if model is not None else []) if n.op_type in text]
+        where = f" at node {', '.join(nodes[:3])}" if nodes else ""
+        return ConversionError(f"ONNX Runtime has no CPU kernel for an op in '{path}'{where}: {text}",
                                hint="Re-export with a lower opset or replace the op; `--debug` shows the full log.")
     return InputRejected(f"ONNX Runtime cannot load '{path}': {text}", hint=REEXPORT_HINT)
 
@@ -194,7 +230,7 @@ class OnnxModel(LoadedModel):
         try:
             self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:
-            raise ort_error(path, exc) from exc
+            raise ort_error(path, exc, model) from exc
 
     def predict(self, feed: dict[str, np.ndarray], batch_size: int = 64) -> list[np.ndarray]:
         specs = self.handle.inputs

@@ -25,6 +25,7 @@ import numpy as np
 
 from edgeopt.deps import require
 from edgeopt.errors import InputRejected, UnsafeModel, UsageError
+from edgeopt.formats import ZIP_ERRORS, ZIP_MAGIC, check_zip
 from edgeopt.frameworks.base import LoadedModel, guess_layout
 from edgeopt.model import Format, ModelHandle, TensorSpec
 
@@ -148,19 +149,31 @@ def _state_dict(torch: Any, path: Path, *, trust: bool, origin: str) -> dict[str
     if not path.is_file():
         raise InputRejected(f"The weights file '{path}' does not exist.")
     if path.suffix == ".safetensors":
-        loaded: Any = require("safetensors.torch", "Reading .safetensors weights").load_file(str(path))
+        safetensors = require("safetensors.torch", "Reading .safetensors weights")
+        try:
+            loaded: Any = safetensors.load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error type for a damaged header
+            raise InputRejected(f"Cannot read the weights file '{path}': {type(exc).__name__}: {_first_line(exc)}",
+                                hint="The file may be truncated or corrupt; save the weights again.") from exc
     else:
+        _check_container(path)
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            if not _is_pickle_refusal(exc):
-                raise InputRejected(f"Cannot read the weights file '{path}': {type(exc).__name__}: {exc}",
-                                    hint="The file may be truncated; save the state_dict again.") from exc
+            broken = InputRejected(f"Cannot read the weights file '{path}': {type(exc).__name__}: "
+                                   f"{_pickle_reason(exc)}",
+                                   hint="The file may be truncated or corrupt; save the state_dict again.")
+            if not _is_pickle_refusal(exc) or (not trust and not _carries_code(exc)):
+                raise broken from exc
             if not trust:
                 raise UnsafeModel(f"Refusing '{path}': it holds pickled Python objects beyond tensors "
-                                  f"(torch.load(weights_only=True) refused it: {_first_line(exc)}).",
+                                  f"(torch.load(weights_only=True) refused it: {_pickle_reason(exc)}).",
                                   hint=STATE_DICT_HINT + " " + TRUST_HINT) from exc
-            loaded = torch.load(path, map_location="cpu", weights_only=False)
+            try:
+                loaded = torch.load(path, map_location="cpu", weights_only=False)
+            except Exception as exc2:  # a trusted file can still be broken
+                raise InputRejected(f"Cannot read the weights file '{path}': {type(exc2).__name__}: "
+                                    f"{_first_line(exc2)}") from exc2
     if isinstance(loaded, torch.nn.Module):
         loaded = loaded.state_dict()
     if isinstance(loaded, dict):
@@ -196,11 +209,12 @@ def _load_archive(torch: Any, path: Path, fmt: Format, *, trust: bool) -> Any:
         try:
             torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            if _is_pickle_refusal(exc):
+            if _is_pickle_refusal(exc) and _carries_code(exc):
                 raise UnsafeModel(f"Refusing to load '{path}': it is a pickled Python object (a whole module), "
-                                  "and unpickling it can run arbitrary code.",
+                                  f"and unpickling it can run arbitrary code ({_pickle_reason(exc)}).",
                                   hint=STATE_DICT_HINT + " " + TRUST_HINT) from exc
-            raise InputRejected(f"Cannot read '{path}' as a PyTorch file: {_first_line(exc)}") from exc
+            raise InputRejected(f"Cannot read '{path}' as a PyTorch file: {_pickle_reason(exc)}",
+                                hint="The file may be truncated or corrupt; save it again.") from exc
         raise InputRejected(f"'{path}' holds weights only, no model.", hint=STATE_DICT_HINT)
     if not trust:
         what = "a TorchScript archive (its code runs when loaded)" if fmt is Format.TORCHSCRIPT else \
@@ -223,6 +237,29 @@ def _is_pickle_refusal(exc: Exception) -> bool:
     import pickle
 
     return isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc)
+
+
+def _carries_code(exc: Exception) -> bool:
+    """Whether the weights-only unpickler met a reference to code (a GLOBAL: a class or function to
+    call), rather than bytes that are simply broken ("Unsupported operand 89")."""
+    text = str(exc)
+    return "GLOBAL" in text or "Unsupported class" in text or "Can only build" in text
+
+
+def _pickle_reason(exc: Exception) -> str:
+    """The line of torch's long weights-only message that says what was refused."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reason = next((line for line in lines if "GLOBAL" in line or line.startswith(("Unsupported", "Can only"))),
+                  None)
+    return reason or _first_line(exc)
+
+
+def _check_container(path: Path) -> None:
+    """Bound a zip-format weights file (entries, sizes, ratio) before torch opens it."""
+    with path.open("rb") as fh:
+        is_zip = fh.read(4) == ZIP_MAGIC
+    if is_zip:
+        check_zip(path).close()
 
 
 def input_names(module: Any) -> list[str]:
@@ -282,11 +319,14 @@ def peek_arrays(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Per-sample shape and dtype of each array in calibration data, read from headers only."""
     arrays: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
     if path.is_file() and zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            for member in zf.namelist():
-                if member.endswith(".npy") and member != "labels.npy":
-                    with zf.open(member) as fh:
-                        arrays[member[:-4]] = _npy_header(fh, f"{path}[{member}]")
+        try:
+            with zipfile.ZipFile(path) as zf:
+                for member in zf.namelist():
+                    if member.endswith(".npy") and member != "labels.npy":
+                        with zf.open(member) as fh:
+                            arrays[member[:-4]] = _npy_header(fh, f"{path}[{member}]")
+        except ZIP_ERRORS as exc:
+            raise InputRejected(f"Cannot read '{path}' as an .npz archive: {exc}") from exc
     elif path.is_file() and path.suffix == ".npy":
         with path.open("rb") as fh:
             arrays[path.stem] = _npy_header(fh, str(path))

@@ -159,4 +159,5 @@ def opener(cls: type[Session]) -> Callable[..., Session]:
         return session
 
     open_session.__doc__ = f"Open an artifact in a {cls.__name__}, fed in the source model's layout."
+    open_session.__module__ = cls.__module__  # it belongs to the runtime's module, where the registry names it
     return open_session

@@ -1,0 +1,369 @@
+"""int8 within an accuracy budget: per-layer overrides, sensitivity ranking, and the search for the
+fewest layers to keep in float.
+
+One loop serves every backend. A backend supplies two things: its exporter, which keeps the layers
+named in ``QuantSettings.keep_float`` in float with its own mechanism (onnxruntime
+``nodes_to_exclude``, NNCF ``ignored_scope``, the TFLite debugger's ``denylisted_nodes``), and a
+``quant-layers`` registry entry listing the layers it quantized under those names. Everything is
+measured on the target's own runtime against the source model:
+
+1. export plain int8 (overrides applied); if the budgets hold, that is the artifact;
+2. rank layers by sensitivity: each layer alone in int8, all others in float, scored at the
+   model's output (the budget's own drop, then SQNR);
+3. keep the most sensitive 1, 2, 4, ... layers in float until the budgets hold, then narrow down
+   between the last count that failed and the first that passed.
+
+Exporting once per layer suits the small models edge devices run; the report records how many
+exports and how long it took.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeopt import calibration as cal
+from edgeopt import registry
+from edgeopt.errors import UsageError
+from edgeopt.exporters.base import ExportResult, Layer, QuantSettings, check_quant
+from edgeopt.frameworks.base import LoadedModel
+from edgeopt.recipe import BudgetsConfig
+from edgeopt.validate import fidelity as fid
+
+Progress = Callable[[str], None]
+Export = Callable[[Path, QuantSettings], ExportResult]
+
+
+# --- measuring ---------------------------------------------------------------------------------
+
+class Metric:
+    """The accuracy measure of ``validation.metric``: top1, top5, or FILE.py:FUNCTION."""
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+        self._fn = None
+        if spec not in ("top1", "top5"):
+            from edgeopt.validate.job import load_metric
+
+            self._fn = load_metric(spec)
+
+    def __call__(self, outputs: list[np.ndarray], labels: np.ndarray | None) -> dict[str, float] | None:
+        """All values (the first is the one budgets compare), or None where it cannot be computed."""
+        if self._fn is not None:
+            from edgeopt.validate.job import _call_metric
+
+            return _call_metric(self._fn, self.spec, outputs, labels) or None
+        if labels is None or not fid.is_classifier(outputs[0]):
+            return None
+        values = fid.accuracy(outputs[0], labels)
+        if self.spec in values:
+            values = {self.spec: values[self.spec], **values}
+        return values
+
+
+@dataclass
+class Quality:
+    """One artifact against the source model on the validation data."""
+
+    fidelity: dict[str, float]
+    accuracy: dict[str, float] | None
+    fidelity_drop: float  # points: 100 x (1 - top-1 agreement) for classifiers, else 100 x (1 - cosine)
+    accuracy_drop: float | None  # points of the metric's first value, source minus artifact
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fidelity_drop": round(self.fidelity_drop, 4),
+                "accuracy_drop": None if self.accuracy_drop is None else round(self.accuracy_drop, 4),
+                "sqnr_db": self.fidelity.get("sqnr_db"), "fidelity": self.fidelity, "accuracy": self.accuracy}
+
+
+def fidelity_drop(fidelity: dict[str, float]) -> float:
+    if "top1_agreement" in fidelity:
+        return 100.0 * (1.0 - fidelity["top1_agreement"])
+    return 100.0 * (1.0 - fidelity["cosine"])
+
+
+class Judge:
+    """Scores artifacts of one target on its runtime; the source's outputs are computed once."""
+
+    def __init__(self, target: str, source: LoadedModel, val: cal.Subset, metric: Metric,
+                 threads: int | None) -> None:
+        self._open = registry.resolve("runtime", target)
+        self._source = source
+        self._val = val
+        self._threads = threads
+        self.metric = metric
+        self.labels = val.labels()
+        self.reference = _batched(source.predict, val)
+        values = metric(self.reference, self.labels)
+        self.reference_accuracy = values
+        self.exports = 0
+
+    def measure(self, exported: ExportResult) -> Quality:
+        handle = self._source.handle
+        session = self._open(exported.path, threads=self._threads, input_names=handle.input_names,
+                             source_inputs=handle.inputs, source_outputs=handle.outputs)
+        outputs = _batched(session.run_many, self._val, rows=True)
+        fidelity = fid.fidelity(self.reference, outputs)
+        accuracy = self.metric(outputs, self.labels)
+        drop = None
+        if accuracy and self.reference_accuracy:
+            drop = 100.0 * (next(iter(self.reference_accuracy.values())) - next(iter(accuracy.values())))
+        return Quality(fidelity, accuracy, fidelity_drop(fidelity), drop)
+
+
+def _batched(run: Callable, subset: cal.Subset, chunk: int = 32, rows: bool = False) -> list[np.ndarray]:
+    """``run`` over ``subset`` in chunks (streamed), outputs concatenated."""
+    parts: list[list[np.ndarray]] = []
+    pending: list[dict[str, np.ndarray]] = []
+
+    def flush() -> None:
+        batch = pending if rows else {n: np.concatenate([r[n] for r in pending]) for n in pending[0]}
+        parts.append(run(batch))
+        pending.clear()
+
+    for row in subset:
+        pending.append(row)
+        if len(pending) == chunk:
+            flush()
+    if pending:
+        flush()
+    return [np.concatenate(p) for p in zip(*parts)]
+
+
+# --- budgets -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    limit: float
+    value: float | None
+    passed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"budget": self.name, "limit": self.limit, "value": self.value, "passed": self.passed}
+
+
+def checks(budgets: BudgetsConfig, *, fidelity_drop: float | None, accuracy_drop: float | None,
+           speedup: float | None = None, size: int | None = None) -> list[Check]:
+    """Each budget that is set, against its measured value; a value exactly at a limit passes."""
+    measured = {"max_fidelity_drop": fidelity_drop, "max_accuracy_drop": accuracy_drop,
+                "min_speedup": speedup, "max_size": size}
+    result = []
+    for name, limit in budgets.model_dump().items():
+        if limit is None:
+            continue
+        value = measured[name]
+        passed = value is not None and (value >= limit if name.startswith("min_") else value <= limit + 1e-9)
+        result.append(Check(name, limit, value, passed))
+    return result
+
+
+def _excess(q: Quality, budgets: BudgetsConfig) -> float:
+    """How far beyond its budget the worst driving measure is (<= 1 when every budget holds)."""
+    ratios = []
+    for drop, limit in ((q.fidelity_drop, budgets.max_fidelity_drop), (q.accuracy_drop, budgets.max_accuracy_drop)):
+        if limit is None or drop is None:
+            continue
+        ratios.append(drop / limit if limit > 0 else (0.0 if drop <= 1e-9 else math.inf))
+    return max(ratios, default=0.0)
+
+
+# --- overrides ---------------------------------------------------------------------------------
+
+def apply_overrides(overrides: dict[str, str], layers: list[Layer], where: str) -> tuple[dict[str, str], list[str]]:
+    """Each layer's precision from the override patterns (re.search on its name and label; the last
+    match wins), and a warning for each pattern that matches no layer of ``where``."""
+    chosen: dict[str, str] = {}
+    warnings = []
+    for pattern, precision in overrides.items():
+        regex = re.compile(pattern)
+        hits = [layer for layer in layers if regex.search(layer.name) or (layer.label and regex.search(layer.label))]
+        if not hits:
+            names = ", ".join(layer.title for layer in layers[:6]) + (", ..." if len(layers) > 6 else "")
+            warnings.append(f"Override '{pattern}' -> {precision} matched no layer of {where}; its layers are: "
+                            f"{names or 'none'}.")
+        for layer in hits:
+            chosen[layer.name] = precision
+    return chosen, warnings
+
+
+# --- the search --------------------------------------------------------------------------------
+
+@dataclass
+class Outcome:
+    """The artifact one target ends with, and what it took to get there."""
+
+    result: ExportResult
+    info: dict[str, Any]  # the report's artifacts[].quantization
+    plain: ExportResult | None = None  # the all-int8 artifact, when layers ended in float: its latency is the cost
+    warnings: list[str] = field(default_factory=list)
+    met: bool = True
+
+
+@dataclass
+class Request:
+    """What the pipeline asks of one target."""
+
+    target: str
+    key: str  # exporter key, e.g. keras->onnx
+    export: Export  # (path, settings) -> ExportResult, everything else fixed
+    model: LoadedModel  # what is exported (after pruning/distillation)
+    calib: cal.Subset | None
+    quant: QuantSettings
+    overrides: dict[str, str]
+    budgets: BudgetsConfig
+    judge: Judge | None  # None without validation data: no search
+
+
+def run(req: Request, out: Path, scratch: Callable[[str], Path], say: Progress) -> Outcome:
+    """Export ``req`` to ``out``: plain int8 when it meets the budgets, else with the fewest
+    sensitive layers kept in float. Tries are exported to ``scratch(name)`` and removed."""
+    started = time.perf_counter()
+    info: dict[str, Any] = {"method": req.quant.method, "per_channel": req.quant.per_channel,
+                            "mechanism": check_quant(req.key, req.quant)}
+    if req.quant.method == "percentile":
+        info["percentile"] = req.quant.percentile
+    result = req.export(out, req.quant)
+    searching = req.budgets.drives_search() and req.judge is not None
+    if not req.overrides and not searching:
+        return Outcome(result, info)
+    info["keep_float_mechanism"] = registry.KEEP_FLOAT[req.key]
+    layers: list[Layer] = registry.resolve("quant-layers", req.key)(req.model, calib=req.calib, quant=req.quant,
+                                                                    artifact=result.path)
+    forced, warnings = apply_overrides(req.overrides, layers, f"the {req.target} artifact '{out.name}'")
+    info["layers"] = len(layers)
+    kept0 = tuple(layer.name for layer in layers if forced.get(layer.name) == "float")
+    plain = None
+    if kept0:
+        info["overrides"] = {"float": [_title(layers, n) for n in kept0],
+                             "int8": [_title(layers, n) for n, p in forced.items() if p == "int8"]}
+        plain = _move(result, scratch("int8_plain"))
+        result = req.export(out, replace(req.quant, keep_float=kept0))
+    info["keep_float"] = [_title(layers, n) for n in kept0]
+    if not searching:
+        return Outcome(result, info, plain=plain, warnings=warnings)
+
+    judge = req.judge
+    assert judge is not None
+    start = judge.measure(result)
+    search: dict[str, Any] = {"before": start.to_dict(), "exports": 1 + bool(kept0)}
+    info["search"] = search
+    if _excess(start, req.budgets) <= 1.0:
+        search.update(needed=False, met=True, after=start.to_dict(), wall_seconds=_since(started))
+        return Outcome(result, info, plain=plain, warnings=warnings)
+
+    candidates = [layer for layer in layers if layer.name not in forced]
+    fixed_int8 = {n for n, p in forced.items() if p == "int8"}
+    say(f"Ranking {len(candidates)} layers of the {req.target} artifact by sensitivity")
+    ranking = _rank(req, candidates, layers, fixed_int8, scratch, judge)
+    search["ranking"] = [{"layer": layer.title, "name": layer.name, "op": layer.op, **q.to_dict()}
+                         for layer, q in ranking]
+    search["exports"] += len(candidates)
+    say(f"Searching for the fewest layers to keep in float ({req.target})")
+    tried: dict[int, tuple[ExportResult, Quality]] = {0: (result, start)}
+    order = [layer.name for layer, _ in ranking]
+
+    def attempt(k: int) -> bool:
+        keep = kept0 + tuple(order[:k])
+        exported = req.export(scratch(f"keep{k}"), replace(req.quant, keep_float=keep))
+        tried[k] = (exported, judge.measure(exported))
+        search["exports"] += 1
+        return _excess(tried[k][1], req.budgets) <= 1.0
+
+    first_pass, last_fail, k = None, 0, 1
+    while k <= len(order):
+        if attempt(k):
+            first_pass = k
+            break
+        last_fail = k
+        k = len(order) if k < len(order) < 2 * k else 2 * k
+    if first_pass is not None:
+        while first_pass - last_fail > 1:  # fewest: bisect between the last failure and the first pass
+            mid = (first_pass + last_fail) // 2
+            if attempt(mid):
+                first_pass = mid
+            else:
+                last_fail = mid
+    best_k = first_pass if first_pass is not None else min(tried, key=lambda n: (_excess(tried[n][1], req.budgets), n))
+    chosen, quality = tried[best_k]
+    search["tried"] = [{"kept_in_float": n, "layers": [_title(layers, name) for name in order[:n]],
+                        **tried[n][1].to_dict(), "passed": _excess(tried[n][1], req.budgets) <= 1.0}
+                       for n in sorted(tried)]
+    if best_k != 0:
+        if plain is None:
+            plain = _move(result, scratch("int8_plain"))
+        else:
+            _remove(result)
+        result = _move(chosen, out)
+    for n, (exported, _) in tried.items():
+        if n not in (0, best_k):
+            _remove(exported)
+    info["keep_float"] = [_title(layers, n) for n in kept0 + tuple(order[:best_k])]
+    search.update(needed=True, met=first_pass is not None, after=quality.to_dict(),
+                  kept_in_float=best_k, wall_seconds=_since(started))
+    if first_pass is None:
+        warnings.append(f"No number of layers kept in float brought the {req.target} artifact within its budgets "
+                        f"(tried {', '.join(str(n) for n in sorted(tried))} of {len(order)}); kept the best try, "
+                        f"{best_k} layers in float.")
+    return Outcome(result, info, plain=plain if best_k or kept0 else None, warnings=warnings,
+                   met=first_pass is not None)
+
+
+def _rank(req: Request, candidates: list[Layer], layers: list[Layer], fixed_int8: set[str],
+          scratch: Callable[[str], Path], judge: Judge) -> list[tuple[Layer, Quality]]:
+    """Each candidate alone in int8 (with the layers forced to int8), scored at the output; most
+    sensitive first. Quantizing one layer also quantizes the tensors it reads and writes, so a
+    layer fed or followed by an outlier-heavy tensor shows up here too."""
+    scored = []
+    for i, layer in enumerate(candidates):
+        keep = tuple(other.name for other in layers if other.name != layer.name and other.name not in fixed_int8)
+        exported = req.export(scratch(f"rank{i}"), replace(req.quant, keep_float=keep))
+        try:
+            scored.append((layer, judge.measure(exported)))
+        finally:
+            _remove(exported)
+    sqnr = lambda q: q.fidelity.get("sqnr_db") if q.fidelity.get("sqnr_db") is not None else math.inf  # noqa: E731
+    return sorted(scored, key=lambda item: (-_excess(item[1], req.budgets), sqnr(item[1])))
+
+
+def _title(layers: list[Layer], name: str) -> str:
+    return next((layer.title for layer in layers if layer.name == name), name)
+
+
+def _since(started: float) -> float:
+    return round(time.perf_counter() - started, 2)
+
+
+def _move(exported: ExportResult, to: Path) -> ExportResult:
+    """An artifact and the files that travel with it, renamed to ``to`` (same suffixes)."""
+    target = to.with_suffix(exported.path.suffix)
+    shutil.move(exported.path, target)
+    extras = []
+    for extra in exported.extra_files:
+        moved = target.with_suffix(extra.suffix)
+        shutil.move(extra, moved)
+        extras.append(moved)
+    # Exporters' notes name the file they wrote.
+    notes = [note.replace(exported.path.name, target.name) for note in exported.notes]
+    return replace(exported, path=target, extra_files=extras, notes=notes)
+
+
+def _remove(exported: ExportResult) -> None:
+    for file in (exported.path, *exported.extra_files):
+        file.unlink(missing_ok=True)
+
+
+def require_labels(budgets: BudgetsConfig, subset: cal.Subset | None, origin: str) -> None:
+    """max_accuracy_drop compares accuracy, which needs labels in the validation data."""
+    if budgets.max_accuracy_drop is not None and (subset is None or subset.labels() is None):
+        raise UsageError(f"--max-accuracy-drop needs labelled validation data, and {origin} has no labels.",
+                         hint="Add an array named 'labels' to the validation .npz (or pass --val with one), "
+                              "or use --max-fidelity-drop, which compares with the source model instead.")
