@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import io
 import os
 import signal
 import sys
@@ -86,13 +87,17 @@ def handle_errors(fn):
 
         interrupted: list[int] = []
         interrupt_requested.clear()
+        stderr = sys.stderr
 
         def on_signal(signum: int, frame: object) -> None:
             interrupted.append(signum)
             interrupt_requested.set()
+            if not debug:  # frameworks print tracebacks of their own as the interrupt unwinds through them
+                sys.stderr = io.StringIO()
             raise KeyboardInterrupt
 
         def exit_interrupted() -> None:
+            sys.stderr = stderr
             if debug:
                 err.print_exception()
             err.print("[bold red]interrupted[/]: partial outputs were removed; earlier outputs are untouched.")
@@ -131,6 +136,7 @@ def handle_errors(fn):
             err.print("[yellow]hint:[/] run again with --debug for the traceback, and report it.")
             sys.exit(4)
         finally:
+            sys.stderr = stderr
             for signum, handler in previous.items():
                 if handler is not None:  # None: a handler installed outside Python, not restorable
                     signal.signal(signum, handler)
