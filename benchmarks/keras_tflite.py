@@ -21,12 +21,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from _results import show_and_save  # noqa: E402
 from edgeopt.calibration import open_data, select  # noqa: E402
-from rich.console import Console  # noqa: E402
-
-from edgeopt.console import table  # noqa: E402
 from edgeopt.frameworks.keras import load  # noqa: E402
 from edgeopt.model import Format  # noqa: E402
 from edgeopt.targets.litert import open_session  # noqa: E402
@@ -114,12 +113,8 @@ def main() -> None:
                              f"{edge_wall:.1f}" if k == "edgeopt" else (f"{peer_wall:.1f}" if k == "converter" else "-")])
     header = ["model", "variant", "size MB", "x fp32 size", "p50 ms", "p90 ms", "x fp32 p50",
               "top1 agree", "cosine", "tool s"]
-    Console(width=160).print(table(f"int8 TFLite, LiteRT/XNNPACK, {args.threads} threads, {args.runs} interleaved runs",
-                    header, rows))
-    results = ROOT / "benchmarks" / "results"
-    results.mkdir(exist_ok=True)
-    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
-    (results / "keras_tflite.md").write_text("\n".join(md) + "\n")
+    show_and_save("keras_tflite", f"int8 TFLite, LiteRT/XNNPACK, {args.threads} threads, {args.runs} interleaved runs",
+                  header, rows)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from rich.console import Console  # noqa: E402
-
-from edgeopt.console import table  # noqa: E402
+from _results import show_and_save  # noqa: E402
 from edgeopt.report import fmt_bytes  # noqa: E402
 
 DATA = ROOT / "calibration_data/digits"
@@ -65,11 +64,8 @@ def main() -> None:
                              f"{wall:.1f}"])
     header = ["path", "precision", "int8 size", "x fp32 size", "p50 ms fp32 -> int8", "speed-up",
               "fp32 cosine", "int8 agree / cosine", "top1 source -> int8", "wall s"]
-    Console(width=220).print(table(f"nine paths on the digits example ({args.runs} interleaved runs)", header, rows))
-    results = ROOT / "benchmarks" / "results"
-    results.mkdir(exist_ok=True)
-    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
-    (results / "nine_paths.md").write_text("\n".join(md) + "\n")
+    show_and_save("nine_paths", f"nine paths on the digits example ({args.runs} interleaved runs)",
+                  header, rows)
 
 
 if __name__ == "__main__":

@@ -23,13 +23,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from rich.console import Console  # noqa: E402
-
+from _results import show_and_save  # noqa: E402
 from edgeopt import registry  # noqa: E402
 from edgeopt.calibration import open_data, select  # noqa: E402
-from edgeopt.console import table  # noqa: E402
 from edgeopt.passes.base import PassContext  # noqa: E402
 from edgeopt.recipe import PruneConfig  # noqa: E402
 from edgeopt.validate.latency import measure_interleaved  # noqa: E402
@@ -138,12 +137,8 @@ def main() -> None:
                             args.runs, args.threads))
     header = ["model", "runtime", "params", "MACs", "MACs saved", "int8 size", "int8 p50 ms", "p50 saved",
               "prune s"]
-    Console(width=200).print(table(f"50% channel pruning, int8, {args.threads} threads, {args.runs} interleaved runs",
-                                   header, rows))
-    results = ROOT / "benchmarks" / "results"
-    results.mkdir(exist_ok=True)
-    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
-    (results / "prune_cost.md").write_text("\n".join(md) + "\n")
+    show_and_save("prune_cost", f"50% channel pruning, int8, {args.threads} threads, {args.runs} interleaved runs",
+                  header, rows)
 
 
 if __name__ == "__main__":

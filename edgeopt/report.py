@@ -95,6 +95,11 @@ def _cpu_name() -> str:
     return platform.processor()
 
 
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table, one line per element; what every report and benchmark writes."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
 def fmt_bytes(n: int | None) -> str:
     if n is None:
         return "-"
@@ -232,13 +237,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"- Validation: `{v['path']}`{held}, {v['samples']} samples")
     lines.append("")
     header, rows = validate_rows(report) if report["command"] == "validate" else summary_rows(report)
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "---|" * len(header))
-    lines.extend("| " + " | ".join(r) + " |" for r in rows)
+    lines.extend(markdown_table(header, rows))
     if report.get("stages"):
-        header, rows = stage_rows(report)
-        lines += ["", "## Stages", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines.extend("| " + " | ".join(r) + " |" for r in rows)
+        lines += ["", "## Stages", "", *markdown_table(*stage_rows(report))]
     for a in report["artifacts"]:
         ops = a.get("ops") or {}
         layout = a.get("input_layout") or {}

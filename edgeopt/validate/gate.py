@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeopt.errors import InputRejected, UsageError
+from edgeopt.report import markdown_table
 
 TOLERANCE = 1e-9  # float round-off must not turn "exactly at the threshold" into a failure
 
@@ -163,8 +164,5 @@ def to_markdown(checks: list[Check]) -> str:
     header, body = rows(checks)
     failed = [c for c in checks if not c.passed]
     title = "### edgeopt gate: " + ("passed" if not failed else f"FAILED ({len(failed)} of {len(checks)} checks)")
-    lines = [title, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in body:
-        r = r[:-1] + ["✅ pass" if r[-1] == "pass" else "❌ FAIL"]
-        lines.append("| " + " | ".join(r) + " |")
-    return "\n".join(lines) + "\n"
+    marked = [r[:-1] + ["✅ pass" if r[-1] == "pass" else "❌ FAIL"] for r in body]
+    return "\n".join([title, "", *markdown_table(header, marked)]) + "\n"
