@@ -5,7 +5,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 EXAMPLE_ARGS := examples/digits/digits_cnn.h5 --target tflite \
 	--calib calibration_data/digits/calib.npz --val calibration_data/digits/val.npz
 
-.PHONY: example test bench clean
+.PHONY: example test bench bench-more clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -29,8 +29,11 @@ test: $(VENV)/.installed-all
 	$(PY) -m pytest -q -p no:cacheprovider tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
+# edgeopt against the peer tools and the machine's peak: writes benchmarks/RESULTS.md (about 12 minutes).
 bench: $(VENV)/.installed-all
-	$(PY) benchmarks/keras_tflite.py
+	$(PY) benchmarks/peers.py
+
+bench-more: $(VENV)/.installed-all
 	$(PY) benchmarks/nine_paths.py
 	$(PY) benchmarks/prune_cost.py
 

@@ -15,7 +15,7 @@ def compress(model: str | Path, *, target: str = "tflite", calib: str | Path | N
              trust_model: bool = False, validate: bool = True, runs: int = 100, warmup: int = 10,
              threads: int | None = None, weights: str | Path | None = None,
              input_shapes: dict[str, tuple[int, ...]] | None = None, prune: dict | None = None,
-             distill: dict | None = None, calib_method: str = "minmax", percentile: float | None = None,
+             distill: dict | None = None, calib_method: str = "auto", percentile: float | None = None,
              per_channel: bool = True, metric: str = "top1", budgets: dict | None = None,
              overrides: dict[str, str] | None = None, progress: Progress | None = None) -> Result:
     """Compress ``model`` for ``target`` (comma-separated for several) and validate the result.

@@ -185,9 +185,10 @@ def main(debug: bool) -> None:
 @click.option("--distill-data", type=click.Path(path_type=Path),
               help="Data to distill on (labels optional) [default: the calibration data].")
 @click.option("--distill-epochs", type=click.IntRange(min=1), default=30, show_default=True)
-@click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default="minmax",
+@click.option("--calib-method", type=click.Choice(["auto", "minmax", "percentile", "entropy", "mse"]), default="auto",
               show_default=True, help="How activation ranges are chosen; each target uses its backend's own "
-                                      "calibrator and refuses a method it lacks.")
+                                      "calibrator and refuses a method it lacks. auto: the backend's own default "
+                                      "(min/max for TFLite and onnxruntime, NNCF's mean of per-sample min/max).")
 @click.option("--percentile", type=click.FloatRange(min=50, max=100, min_open=True),
               help="Percentile for --calib-method percentile [default: 99.999].")
 @click.option("--per-tensor", is_flag=True, help="One scale per weight tensor instead of one per output channel.")

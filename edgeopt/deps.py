@@ -88,13 +88,15 @@ def require(module: str, purpose: str) -> ModuleType:
         if top in _NO_TELEMETRY and top not in sys.modules:
             with no_telemetry():
                 importlib.import_module(top)
-        if module.split(".")[0] in _NOISY and module not in sys.modules:
+        if top not in _NOISY:
+            return importlib.import_module(module)
+        if module not in sys.modules:
             with quiet_stderr():
-                imported = importlib.import_module(module)
-            # absl's Python logger repeats converter deprecation chatter on every call.
-            logging.getLogger("absl").setLevel(logging.DEBUG if os.environ.get("EDGEOPT_DEBUG") else logging.ERROR)
-            return imported
-        return importlib.import_module(module)
+                importlib.import_module(module)
+        # absl's Python logger repeats converter deprecation chatter on every call; set on every
+        # require, since the caller may have imported TensorFlow (and reset absl) before edgeopt.
+        logging.getLogger("absl").setLevel(logging.DEBUG if os.environ.get("EDGEOPT_DEBUG") else logging.ERROR)
+        return sys.modules[module]
     except ImportError as exc:
         top = module.split(".")[0]
         extra = OPTIONAL.get(top, (top, "all"))[1]

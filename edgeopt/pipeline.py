@@ -97,7 +97,7 @@ def check_plan(config: recipe.CompressConfig) -> None:
         raise UsageError("Budgets are checked on validation data, and there is none.",
                          hint="Pass --val PATH (or --calib PATH, from which some samples are held out).")
     if not int8 or c.data is None:
-        if int8 and (c.method != "minmax" or not c.per_channel or c.percentile is not None):
+        if int8 and (c.method not in ("auto", "minmax") or not c.per_channel or c.percentile is not None):
             raise UsageError(f"Calibration method '{c.method}' and per-tensor weights need calibration data, and "
                              "none was given: without it int8 is dynamic range.", hint="Pass --calib PATH.")
         return

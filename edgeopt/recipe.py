@@ -35,7 +35,7 @@ class CalibrationConfig(_Strict):
     layout: Literal["nhwc", "nchw"] | None = None
     color: Literal["rgb", "gray"] | None = None
     # How activation ranges are chosen; each target does it with its own backend or refuses.
-    method: Literal["minmax", "percentile", "entropy", "mse"] = "minmax"
+    method: Literal["auto", "minmax", "percentile", "entropy", "mse"] = "auto"
     percentile: float | None = Field(None, gt=50.0, le=100.0)  # method percentile; default 99.999
     per_channel: bool = True  # weights: one scale per output channel, or one per tensor
 

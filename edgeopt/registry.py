@@ -85,15 +85,20 @@ REQUIRES: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {
 # A method missing here is refused before any work (exit 2), never replaced by another.
 _ORT = "onnxruntime quantize_static, CalibrationMethod."
 _NNCF = "NNCF nncf.quantize, activations_range_estimator_params=RangeEstimatorParametersSet."
-_AEQ = {"minmax": "ai-edge-quantizer static recipe, min_max_uniform_quant"}
+# "auto" is the backend's own default, which is what its users get without edgeopt.
+_AEQ = {"auto": "ai-edge-quantizer static recipe, min_max_uniform_quant (its default)",
+        "minmax": "ai-edge-quantizer static recipe, min_max_uniform_quant"}
 CALIBRATION: dict[str, dict[str, str]] = {
-    "keras->tflite": {"minmax": "TFLite converter representative_dataset (min/max ranges)"},
+    "keras->tflite": {"auto": "TFLite converter representative_dataset (min/max ranges, its only method)",
+                      "minmax": "TFLite converter representative_dataset (min/max ranges)"},
     "torch->tflite": _AEQ,
     "onnx->tflite": _AEQ,
-    **{f"{fw}->onnx": {"minmax": _ORT + "MinMax", "percentile": _ORT + "Percentile (CalibPercentile)",
+    **{f"{fw}->onnx": {"auto": _ORT + "MinMax (its default)", "minmax": _ORT + "MinMax", "percentile": _ORT + "Percentile (CalibPercentile)",
                         "entropy": _ORT + "Entropy (KL divergence, 2048-bin histograms)"}
        for fw in ("keras", "torch", "onnx")},
-    **{f"{fw}->openvino": {"minmax": _NNCF + "MINMAX",
+    **{f"{fw}->openvino": {"auto": "NNCF nncf.quantize defaults: activation ranges from the mean of per-sample "
+                                    "min/max (RangeEstimatorParametersSet.MEAN_MINMAX)",
+                            "minmax": _NNCF + "MINMAX",
                             "percentile": "NNCF nncf.quantize, activation ranges from mean per-sample quantiles "
                                           "(StatisticsType.QUANTILE, AggregatorType.MEAN)",
                             "mse": _NNCF + "HISTOGRAM (ranges minimising the L2 quantization error)"}

@@ -106,7 +106,7 @@ def test_onnx_budget_search_keeps_the_outlier_pair_in_float(outlier, tmp_path):
     report = json.loads((out / "report.json").read_text())
     (artifact,) = report["artifacts"]
     q = _check_search(artifact, OUTLIER_PAIR)
-    assert q["mechanism"] == "onnxruntime quantize_static, CalibrationMethod.MinMax"
+    assert q["mechanism"] == "onnxruntime quantize_static, CalibrationMethod.MinMax (its default)"
     assert q["keep_float_mechanism"] == "onnxruntime quantize_static(nodes_to_exclude=...)"
     assert report["budgets"] == {"limits": {"max_fidelity_drop": 1.0}, "passed": True}
     # The terminal says what was kept and why.

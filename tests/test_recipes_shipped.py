@@ -57,7 +57,7 @@ def test_int8_tflite_recipe_reproduces_its_artifact(tmp_path, monkeypatch):
     out = tmp_path / "out"
     report = _run_recipe("int8_tflite.yaml", out, monkeypatch)
     (artifact,) = report["artifacts"]
-    assert artifact["ops"]["full_integer"] and artifact["quantization"]["method"] == "minmax"
+    assert artifact["ops"]["full_integer"] and artifact["quantization"]["method"] == "auto"
     _rerun_gives_same_bytes(out, ["digits_cnn_int8.tflite"])
 
 

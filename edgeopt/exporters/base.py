@@ -8,7 +8,7 @@ from pathlib import Path
 
 from edgeopt.errors import ConversionError, UsageError
 
-CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")
+CALIBRATION_METHODS = ("auto", "minmax", "percentile", "entropy", "mse")  # auto: each backend's own default
 DEFAULT_PERCENTILE = 99.999  # onnxruntime's own default for its Percentile calibrator
 
 
@@ -22,13 +22,14 @@ class QuantSettings:
     them (ONNX node names, TFLite op output tensor names, OpenVINO friendly names).
     """
 
-    method: str = "minmax"
+    method: str = "auto"
     percentile: float = DEFAULT_PERCENTILE
     per_channel: bool = True
     keep_float: tuple[str, ...] = ()
 
     def describe(self) -> str:
-        method = f"percentile {self.percentile:g}" if self.method == "percentile" else self.method
+        method = {"percentile": f"percentile {self.percentile:g}", "auto": "the backend's default"}.get(self.method,
+                                                                                                    self.method)
         return f"{method}, {'per-channel' if self.per_channel else 'per-tensor'} weights"
 
 

@@ -3,8 +3,9 @@
 Each source first becomes a float ModelProto; precision is then applied the same way for all:
 fp16 by casting weights (inputs and outputs stay float32), int8 by ONNX Runtime's static QDQ
 quantization when calibration data is given (its MinMax, Percentile or Entropy calibrator;
-per-channel or per-tensor weights; nodes kept in float through ``nodes_to_exclude``), else dynamic
-quantization. The source's layout is kept whatever ``keep_layout`` says: ONNX runtimes take NCHW
+per-channel or per-tensor weights; nodes kept in float through ``nodes_to_exclude``; uint8
+activations with int8 weights; the all-zero bias zero points it writes are then dropped), else
+dynamic quantization. The source's layout is kept whatever ``keep_layout`` says: ONNX runtimes take NCHW
 and NHWC alike.
 """
 
@@ -288,7 +289,7 @@ def _quantize_static(float_path: Path, tmp: Path, out: Path, source: LoadedModel
         for i, node in enumerate(model.graph.node):
             node.name = node.name or f"{node.op_type}_{i}"
         onnx.save(model, str(prepared))
-    method = {"minmax": ort_quant.CalibrationMethod.MinMax, "percentile": ort_quant.CalibrationMethod.Percentile,
+    method = {"auto": ort_quant.CalibrationMethod.MinMax, "minmax": ort_quant.CalibrationMethod.MinMax, "percentile": ort_quant.CalibrationMethod.Percentile,
               "entropy": ort_quant.CalibrationMethod.Entropy}[quant.method]
     extra = {"CalibPercentile": quant.percentile} if quant.method == "percentile" else {}
     ranges = _ranges(ort_quant, prepared, tmp, source, calib, quant, names)
@@ -305,8 +306,43 @@ def _quantize_static(float_path: Path, tmp: Path, out: Path, source: LoadedModel
                 calibrate_method=method, nodes_to_exclude=list(quant.keep_float), extra_options=extra, **cache)
     except Exception as exc:
         raise conversion_failure("onnxruntime quantize_static", source.handle.path, exc) from exc
+    _drop_zero_bias_offsets(onnx, out)
     if ranges is not None and ranges.is_file():
         _RANGES.setdefault(source, {})[(id(calib), quant.method, quant.percentile)] = ranges.read_text()
+
+
+def _drop_zero_bias_offsets(onnx: Any, path: Path) -> int:
+    """Remove the all-zero int32 zero points of the bias DequantizeLinear nodes; returns how many.
+
+    quantize_static stores one per output channel with per-channel weights (4 bytes each, about 2%
+    of a MobileNet-sized model), yet the input is optional and means 0. onnxruntime still fuses
+    the nodes into QLinearConv/QGemm without it; weight zero points stay, since its QGemm fusion
+    needs them.
+    """
+    model = onnx.load(str(path))
+    initializers = {t.name: t for t in model.graph.initializer}
+    users: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            users[name] = users.get(name, 0) + 1
+    dropped = 0
+    for node in model.graph.node:
+        if node.op_type != "DequantizeLinear" or len(node.input) != 3:
+            continue
+        value, offset = initializers.get(node.input[0]), initializers.get(node.input[2])
+        if value is None or offset is None or offset.data_type != onnx.TensorProto.INT32:
+            continue
+        if onnx.numpy_helper.to_array(offset).any():
+            continue
+        users[node.input[2]] -= 1
+        del node.input[2]
+        dropped += 1
+    if dropped:
+        kept = [t for t in model.graph.initializer if users.get(t.name, 0) > 0]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(kept)
+        onnx.save(model, str(path))
+    return dropped
 
 
 def _ranges(ort_quant: Any, prepared: Path, tmp: Path, source: LoadedModel, calib: Subset, quant: QuantSettings,

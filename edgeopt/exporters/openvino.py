@@ -170,7 +170,7 @@ def _quantize(model: Any, source: LoadedModel, calib: Subset, quant: QuantSettin
 
 def _advanced(quant: QuantSettings) -> Any:
     """NNCF's parameters for the calibration method: its range estimator for activations (NNCF's
-    own default, mean of per-sample min/max, is none of the four methods) and per-tensor weights."""
+    own default, mean of per-sample min/max, is what "auto" keeps) and per-tensor weights."""
     advanced = require("nncf.quantization.advanced_parameters", "Quantizing OpenVINO models")
     ranges = require("nncf.quantization.range_estimator", "Quantizing OpenVINO models")
     if quant.method == "percentile":
@@ -179,7 +179,8 @@ def _advanced(quant: QuantSettings) -> Any:
             quantile_outlier_prob=1.0 - quant.percentile / 100.0)
         estimator = ranges.RangeEstimatorParameters(min=quantile, max=quantile)
     else:
-        estimator = {"minmax": ranges.RangeEstimatorParametersSet.MINMAX,
+        # auto: None leaves NNCF its default (mean of per-sample min/max for per-tensor activations).
+        estimator = {"auto": None, "minmax": ranges.RangeEstimatorParametersSet.MINMAX,
                      "mse": ranges.RangeEstimatorParametersSet.HISTOGRAM}[quant.method]
     weights = None if quant.per_channel else advanced.QuantizationParameters(per_channel=False)
     return advanced.AdvancedQuantizationParameters(activations_range_estimator_params=estimator,

@@ -92,6 +92,38 @@ def test_torch_int8_is_qdq_with_int8_weights(name, torch_source, nchw_calib, tmp
     assert cos >= INT8_MIN_COSINE, f"{name}: cosine {cos}"
 
 
+def test_int8_bias_has_no_zero_point_and_still_fuses(torch_source, nchw_calib, tmp_path):
+    """Bias zero points (all 0, int32 per channel) are dropped; onnxruntime must still run every Conv
+    and Gemm as an integer kernel, and the outputs must not change."""
+    import onnxruntime as ort
+
+    source = torch_source("residual")
+    calib = tiny_models.calib_subset(nchw_calib("residual"), source.handle.inputs)
+    result = onnx_export.export_torch(source, tmp_path / "m.onnx", precision="int8", calib=calib)
+    model = onnx.load(str(result.path))
+    initializers = {t.name: t for t in model.graph.initializer}
+    bias_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in initializers
+               and initializers[n.input[0]].data_type == onnx.TensorProto.INT32]
+    assert len(bias_dq) == 3 and all(len(n.input) == 2 for n in bias_dq)  # conv1, conv2, fc
+    assert not [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT32 and
+                not onnx.numpy_helper.to_array(t).any() and t.name.endswith("zero_point")]
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(result.path), options, providers=["CPUExecutionProvider"])
+    fused = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert fused.count("QLinearConv") == 2 and fused.count("QGemm") == 1, fused
+    assert "Conv" not in fused and "Gemm" not in fused, fused
+    # Same model with the zero points put back: identical outputs.
+    for node in bias_dq:
+        zero = onnx.numpy_helper.from_array(np.zeros(initializers[node.input[0]].dims, np.int32), node.input[0] + "_zp")
+        model.graph.initializer.append(zero)
+        node.input.append(zero.name)
+    onnx.save(model, str(tmp_path / "with_zp.onnx"))
+    feed = tiny_models.random_feed("residual", VAL, seed=7)
+    np.testing.assert_array_equal(tiny_models.run_onnx(result.path, feed)[0],
+                                  tiny_models.run_onnx(tmp_path / "with_zp.onnx", feed)[0])
+
+
 def test_torch_export_failure_is_a_conversion_error(tmp_path):
     pytest.importorskip("onnxscript")
     from edgeopt.frameworks import torch as torch_loader

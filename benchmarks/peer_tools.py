@@ -1,0 +1,132 @@
+"""The peers' own default int8 recipes, as their documentation gives them.
+
+Each function takes the source (a Keras file, or a PyTorch module with its example input), the
+calibration samples edgeopt gets (one array per input, batch first, in the source's layout) and an
+output path; it writes the int8 artifact and returns the paths it wrote. Nothing here is tuned:
+where a tool has a switch, its default is kept. The only settings given are the ones a user must
+give: the calibration data and, for OpenVINO, a static input shape (edgeopt's artifacts are
+static too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from edgeopt.deps import no_telemetry, quiet_stderr
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """The tools print progress bars, size tables and C++ logs; keep the benchmark's table readable."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), quiet_stderr(), \
+            warnings.catch_warnings(), no_telemetry():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _rows(calib: list[np.ndarray]) -> Iterator[list[np.ndarray]]:
+    for i in range(len(calib[0])):
+        yield [a[i:i + 1] for a in calib]
+
+
+def tflite_converter(keras_path: Path, calib: list[np.ndarray], out: Path) -> list[Path]:
+    """TFLite converter, full-integer PTQ with float input/output (the guide's default recipe)."""
+    import keras
+    import tensorflow as tf
+
+    with quiet():
+        model = keras.models.load_model(keras_path, compile=False)
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: _rows(calib)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        out.write_bytes(converter.convert())
+    return [out]
+
+
+def litert_torch_pt2e(module, example: tuple, calib: list[np.ndarray], out: Path) -> list[Path]:
+    """litert-torch's PT2E quantizer: symmetric int8 config with its defaults (per-tensor weights)."""
+    import litert_torch
+    import torch
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    with quiet():
+        quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config())
+        graph = torch.export.export(module, example).module()
+        prepared = prepare_pt2e(graph, quantizer)
+        with torch.no_grad():
+            for row in _rows(calib):
+                prepared(*(torch.from_numpy(a) for a in row))
+        quantized = convert_pt2e(prepared, fold_quantize=False)
+        litert_torch.convert(quantized, example, quant_config=QuantConfig(pt2e_quantizer=quantizer)).export(str(out))
+    return [out]
+
+
+def ai_edge_quantizer(module, example: tuple, calib: list[np.ndarray], out: Path) -> list[Path]:
+    """litert-torch's float model, then AI Edge Quantizer's ``static_wi8_ai8`` recipe."""
+    import litert_torch
+    from ai_edge_quantizer import quantizer, recipe
+    from ai_edge_litert.interpreter import Interpreter
+
+    with quiet(), tempfile.TemporaryDirectory() as tmp:
+        float_path = Path(tmp) / "float.tflite"
+        litert_torch.convert(module, example).export(str(float_path))
+        signature = Interpreter(model_path=str(float_path)).get_signature_list()
+        key = next(iter(signature))
+        names = sorted(signature[key]["inputs"])  # litert-torch names them args_0, args_1, ... in order
+        rows = [dict(zip(names, row)) for row in _rows(calib)]
+        qt = quantizer.Quantizer(str(float_path))
+        qt.load_quantization_recipe(recipe.static_wi8_ai8())
+        qt.quantize(qt.calibrate({key: rows})).export_model(str(out), overwrite=True)
+    return [out]
+
+
+def onnxruntime_quantize_static(fp32_onnx: Path, calib: list[np.ndarray], out: Path) -> list[Path]:
+    """``quant_pre_process`` then ``quantize_static`` with every default (QDQ, S8S8, per-tensor, MinMax)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, quant_pre_process, quantize_static
+
+    names = [i.name for i in onnx.load(str(fp32_onnx), load_external_data=False).graph.input]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._rows = _rows(calib)
+
+        def get_next(self) -> dict | None:
+            row = next(self._rows, None)
+            return None if row is None else dict(zip(names, row))
+
+    with quiet(), tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32_onnx), str(pre))
+        quantize_static(str(pre), str(out), Reader())
+    return [out]
+
+
+def nncf_quantize(source, example: tuple, calib: list[np.ndarray], out: Path) -> list[Path]:
+    """OpenVINO's own converter, then ``nncf.quantize`` with its defaults (preset, subset of 300)."""
+    import nncf
+    import openvino as ov
+
+    with quiet(), tempfile.TemporaryDirectory() as tmp:
+        if isinstance(source, Path):  # a Keras file: OpenVINO reads Keras 3 models as a SavedModel
+            import keras
+
+            saved = Path(tmp) / "saved_model"
+            keras.models.load_model(source, compile=False).export(str(saved), verbose=False)
+            model = ov.convert_model(str(saved), input=[tuple(x.shape) for x in example])
+        else:
+            model = ov.convert_model(source, example_input=example, input=[tuple(x.shape) for x in example])
+        dataset = nncf.Dataset(list(_rows(calib)), lambda row: row if len(row) > 1 else row[0])
+        quantized = nncf.quantize(model, dataset)
+        ov.save_model(quantized, str(out.with_suffix(".xml")))
+    return [out.with_suffix(".xml"), out.with_suffix(".bin")]
