@@ -55,6 +55,7 @@ def export_torch(source: LoadedModel, out: Path, *, precision: str, calib: Subse
         except Exception as exc:
             raise conversion_failure("litert_torch.convert", source.handle.path, exc) from exc
         if precision == "fp32":
+            compact_tensor_names(out)
             return ExportResult(out, "fp32", notes)
         recipe, label = _recipe(precision, calib, int8_io, quant.per_channel)
         quantizer = require("ai_edge_quantizer.quantizer", "Quantizing TFLite models")
@@ -68,7 +69,34 @@ def export_torch(source: LoadedModel, out: Path, *, precision: str, calib: Subse
                 qt.quantize(calibration).export_model(str(out), overwrite=True)
         except Exception as exc:
             raise conversion_failure("ai-edge-quantizer", source.handle.path, exc) from exc
+    compact_tensor_names(out)
     return ExportResult(out, label, notes)
+
+
+def compact_tensor_names(path: Path) -> None:
+    """Shorten the tensor names litert-torch writes, in place.
+
+    It names each tensor by the full scope of every op fused into it: qualified class names, the
+    layout wrapper, the import name of the user's file, joined with ';'. On a MobileNetV2 that is
+    up to 1.4 KB per tensor and 4% of the int8 file. Each name becomes its first scope with bare
+    class names ("MobileNetV2_wrapped/Sequential_features/InvertedResidual_17/.../ReLU6_2"), which
+    still says where the tensor comes from. Input and output names, which callers use, stay.
+    """
+    flatbuffers = require("ai_edge_litert.tools.flatbuffer_utils", "Writing TFLite models")
+    model = flatbuffers.read_model(str(path))
+    for graph in model.subgraphs:
+        ends = {*graph.inputs, *graph.outputs}
+        for index, tensor in enumerate(graph.tensors):
+            if index not in ends and tensor.name:
+                tensor.name = _compact_name(tensor.name.decode("utf-8", "replace")).encode()
+    flatbuffers.write_model(model, str(path))
+
+
+def _compact_name(name: str) -> str:
+    scope = next((part for part in name.split(";") if part), name)
+    segments = [segment.rsplit(".", 1)[-1] for segment in scope.split("/")
+                if not segment.endswith("ChannelLastIOWrapper")]
+    return "/".join(segments) or scope
 
 
 def _channels_first(source: LoadedModel) -> tuple[list[int], list[int]]:

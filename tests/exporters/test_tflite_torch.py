@@ -91,3 +91,29 @@ def test_fp16_and_dynamic(torch_model, tmp_path):
     ref = source.predict(feed)[0]
     assert np.abs(run_tflite(half.path, _by_position(half.path, feed)) - ref).max() < 1e-2
     assert tiny_models.cosine(run_tflite(dynamic.path, _by_position(dynamic.path, feed)), ref) >= INT8_MIN_COSINE
+
+
+def test_tensor_names_are_compacted_and_outputs_unchanged(torch_model, nchw_calib, tmp_path, monkeypatch):
+    """litert-torch's scope names (qualified classes, the layout wrapper, the import name of the
+    user's file) become short module paths; I/O names and every output stay as they were."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    source = _source(torch_model, "residual")
+    calib = tiny_models.calib_subset(nchw_calib("residual"), source.handle.inputs)
+    result = tflite_torch.export_torch(source, tmp_path / "m.tflite", precision="int8", calib=calib)
+    compacted = flatbuffer_utils.read_model(str(result.path))
+    graph = compacted.subgraphs[0]
+    names = [t.name.decode() for t in graph.tensors]
+    assert max(len(n) for n in names) < 120, max(names, key=len)
+    assert not any(";" in n or "ChannelLastIOWrapper" in n or "edgeopt_user_model" in n for n in names)
+    assert any(n.startswith("Residual_wrapped/") for n in names), names
+    # The same model with the long names put back runs to the same outputs and is larger.
+    raw = tmp_path / "raw.tflite"
+    monkeypatch.setattr(tflite_torch, "compact_tensor_names", lambda path: None)
+    tflite_torch.export_torch(source, raw, precision="int8", calib=calib)
+    long_names = [t.name.decode() for t in flatbuffer_utils.read_model(str(raw)).subgraphs[0].tensors]
+    assert [long_names[i] for i in (*graph.inputs, *graph.outputs)] == [names[i] for i in (*graph.inputs, *graph.outputs)]
+    assert raw.stat().st_size > result.path.stat().st_size
+    feed = tiny_models.random_feed("residual", VAL, seed=7)
+    np.testing.assert_array_equal(run_tflite(result.path, _by_position(result.path, feed)),
+                                  run_tflite(raw, _by_position(raw, feed)))
