@@ -167,7 +167,9 @@ def compress(config: recipe.CompressConfig, progress: Progress | None = None) ->
     calib = holdout = val = None
     if config.calibration.data is not None:
         calib_source = cal.open_data(config.calibration.data, inputs, images, role="calibration")
-        keep_back = cal.holdout_size(calib_source.count) if config.validation.data is None else 0
+        # Samples are held back only for a validation that will run on them.
+        held_back = config.validation.enabled and config.validation.data is None
+        keep_back = cal.holdout_size(calib_source.count) if held_back else 0
         calib, holdout = cal.select(calib_source, samples=config.calibration.samples,
                                     seed=config.calibration.seed, holdout=keep_back)
         calib.check_finite()
@@ -199,13 +201,16 @@ def compress(config: recipe.CompressConfig, progress: Progress | None = None) ->
             say(f"Converting to {target}")
             exporter = registry.resolve("exporter", f"{source.handle.framework}->{target}")
             # The baseline is the untouched source in fp32: speed-ups count every step. It takes the
-            # artifact's layout, so that a layout change is not counted as a speed-up.
+            # artifact's layout, so that a layout change is not counted as a speed-up. Without
+            # validation nothing is compared, and it (a whole second conversion) is not made.
             keep = config.keep_layout
-            variants = {"fp32": exporter(source, stage.dir / f".{stem}_baseline_fp32.{target}", precision="fp32",
-                                         keep_layout=keep, quant=quant)}
-            for i, (stage_name, stage_model, _info) in enumerate(stage_info[1:], start=1):
-                variants[stage_name] = exporter(stage_model, stage.dir / f".{stem}_stage{i}_fp32.{target}",
-                                                precision="fp32", keep_layout=keep, quant=quant)
+            variants = {}
+            if config.validation.enabled:
+                variants["fp32"] = exporter(source, stage.dir / f".{stem}_baseline_fp32.{target}", precision="fp32",
+                                            keep_layout=keep, quant=quant)
+                for i, (stage_name, stage_model, _info) in enumerate(stage_info[1:], start=1):
+                    variants[stage_name] = exporter(stage_model, stage.dir / f".{stem}_stage{i}_fp32.{target}",
+                                                    precision="fp32", keep_layout=keep, quant=quant)
             name = f"{stem}_{config.precision}.{ARTIFACT_SUFFIX.get(target, target)}"
             say(f"Quantizing to {config.precision}" if config.precision != "fp32" else "Writing fp32 artifact")
 
@@ -357,23 +362,23 @@ def _measure(target, source: LoadedModel, variants: dict, val: cal.Subset | None
     # Data stays in the source's layout; each session turns it into its own.
     sessions = {k: open_session(v.path, threads=threads, input_names=names, source_inputs=source.handle.inputs,
                                 source_outputs=source.handle.outputs) for k, v in variants.items()}
-    result, baseline = variants["artifact"], variants["fp32"]
+    result = variants["artifact"]
     entry: dict[str, Any] = {
         "target": target, "path": str(result.path), "precision": result.precision,
         "size_bytes": _size(result), "gzip_size_bytes": gzip_size(result.path, *result.extra_files),
-        "baseline_size_bytes": _size(baseline),
         "io_dtypes": {t.name: t.dtype for t in sessions["artifact"].inputs},
         "input_layout": {t.name: t.layout for t in sessions["artifact"].inputs},
         "ops": op_summary(sessions["artifact"]), "float_fallback": result.float_fallback,
     }
+    if not config.validation.enabled:
+        return entry
+    entry["baseline_size_bytes"] = _size(variants["fp32"])
     extra = [k for k in variants if k not in ("fp32", "artifact")]
     measured: dict[str, dict[str, Any]] = {k: {"fp32_size_bytes": _size(variants[k])}
                                            for k in ("fp32", *extra)}
     for k in extra:
         measured[k]["precision"] = variants[k].precision
     metric = metric or budget.Metric("top1")
-    if not config.validation.enabled:
-        return entry
     if val is not None:
         say(f"Validating on {len(val)} samples")
         ref_out, outs, labels = evaluate(source, sessions, val)

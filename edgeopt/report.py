@@ -133,8 +133,9 @@ def summary_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                     fmt_num((accuracy or {}).get("top1")), fmt_num(fidelity.get("top1_agreement")),
                     fmt_num(fidelity.get("cosine"), 4), fmt_num(fidelity.get("sqnr_db"), 1)]
 
-        rows.append(row(f"{a['target']} fp32 (baseline)", "fp32", base_size, a.get("baseline_latency_ms"),
-                        a.get("reference_accuracy") or ref.get("accuracy"), a.get("baseline_fidelity")))
+        if base_size is not None:  # no baseline is made when nothing is measured (--no-validate)
+            rows.append(row(f"{a['target']} fp32 (baseline)", "fp32", base_size, a.get("baseline_latency_ms"),
+                            a.get("reference_accuracy") or ref.get("accuracy"), a.get("baseline_fidelity")))
         for name, v in (a.get("variants") or {}).items():
             if name != "fp32":
                 rows.append(row(f"{a['target']} {name}", v.get("precision", "fp32"), v.get("fp32_size_bytes"),

@@ -268,12 +268,29 @@ def test_held_out_validation_by_default(saved_model, calib_file, tmp_path):
     assert report["artifacts"][0]["fidelity"]["cosine"] >= 0.98
 
 
-def test_no_validate_skips_measurements(saved_model, calib_file, tmp_path):
+def test_no_validate_skips_measurements(saved_model, calib_file, tmp_path, monkeypatch):
+    from edgeopt import registry
+    from edgeopt.report import summary_rows
+
+    exported = []
+    resolve = registry.resolve
+
+    def recording(kind, key):
+        found = resolve(kind, key)
+        if kind != "exporter":
+            return found
+        return lambda *a, **k: exported.append(k["precision"]) or found(*a, **k)
+
+    monkeypatch.setattr(registry, "resolve", recording)
     steps = []
     result = edgeopt.compress(saved_model("conv"), calib=calib_file("conv"), validate=False, output=tmp_path,
                               progress=steps.append)
     (artifact,) = result.artifacts
     assert "fidelity" not in artifact and "latency_ms" not in artifact
+    assert exported == ["int8"] and "baseline_size_bytes" not in artifact  # no fp32 baseline: nothing compares it
+    # Nothing is held back for a validation that does not run: every calibration sample calibrates.
+    assert result.report["calibration"]["samples"] == len(np.load(calib_file("conv"))["image"])
+    assert [row[0] for row in summary_rows(result.report)[1]] == ["conv_int8.tflite"]
     assert artifact["ops"]["full_integer"] is True
     assert steps[0] == "Loading the model" and steps[-1] == "Writing outputs"
     assert not any(s.startswith("Measuring latency") for s in steps)
