@@ -1,8 +1,8 @@
 """The peers' own default int8 recipes, as their documentation gives them.
 
-Each function takes the source (a Keras file, or a PyTorch module with its example input), the
-calibration samples edgeopt gets (one array per input, batch first, in the source's layout) and an
-output path; it writes the int8 artifact and returns the paths it wrote. Nothing here is tuned:
+Each function takes the source (``Source``), the calibration samples edgeopt gets (one array per
+input, batch first, in the source's layout) and an output path; it writes the int8 artifact and
+returns the paths it wrote. Nothing here is tuned:
 where a tool has a switch, its default is kept. The only settings given are the ones a user must
 give: the calibration data and, for OpenVINO, a static input shape (edgeopt's artifacts are
 static too).
@@ -15,11 +15,24 @@ import io
 import tempfile
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edgeopt.deps import no_telemetry, quiet_stderr
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a peer starts from: the Keras file or the PyTorch module with one example input, and
+    the fp32 ONNX edgeopt writes (the onnxruntime quantizer works on an ONNX file)."""
+
+    keras_path: Path | None
+    module: Any
+    example: tuple
+    fp32_onnx: Path | None = None
 
 
 @contextlib.contextmanager
@@ -36,13 +49,13 @@ def _rows(calib: list[np.ndarray]) -> Iterator[list[np.ndarray]]:
         yield [a[i:i + 1] for a in calib]
 
 
-def tflite_converter(keras_path: Path, calib: list[np.ndarray], out: Path) -> list[Path]:
+def tflite_converter(source: Source, calib: list[np.ndarray], out: Path) -> list[Path]:
     """TFLite converter, full-integer PTQ with float input/output (the guide's default recipe)."""
     import keras
     import tensorflow as tf
 
     with quiet():
-        model = keras.models.load_model(keras_path, compile=False)
+        model = keras.models.load_model(source.keras_path, compile=False)
         converter = tf.lite.TFLiteConverter.from_keras_model(model)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: _rows(calib)
@@ -51,7 +64,7 @@ def tflite_converter(keras_path: Path, calib: list[np.ndarray], out: Path) -> li
     return [out]
 
 
-def litert_torch_pt2e(module, example: tuple, calib: list[np.ndarray], out: Path) -> list[Path]:
+def litert_torch_pt2e(source: Source, calib: list[np.ndarray], out: Path) -> list[Path]:
     """litert-torch's PT2E quantizer: symmetric int8 config with its defaults (per-tensor weights)."""
     import litert_torch
     import torch
@@ -61,17 +74,17 @@ def litert_torch_pt2e(module, example: tuple, calib: list[np.ndarray], out: Path
 
     with quiet():
         quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config())
-        graph = torch.export.export(module, example).module()
+        graph = torch.export.export(source.module, source.example).module()
         prepared = prepare_pt2e(graph, quantizer)
         with torch.no_grad():
             for row in _rows(calib):
                 prepared(*(torch.from_numpy(a) for a in row))
         quantized = convert_pt2e(prepared, fold_quantize=False)
-        litert_torch.convert(quantized, example, quant_config=QuantConfig(pt2e_quantizer=quantizer)).export(str(out))
+        litert_torch.convert(quantized, source.example, quant_config=QuantConfig(pt2e_quantizer=quantizer)).export(str(out))
     return [out]
 
 
-def ai_edge_quantizer(module, example: tuple, calib: list[np.ndarray], out: Path) -> list[Path]:
+def ai_edge_quantizer(source: Source, calib: list[np.ndarray], out: Path) -> list[Path]:
     """litert-torch's float model, then AI Edge Quantizer's ``static_wi8_ai8`` recipe."""
     import litert_torch
     from ai_edge_quantizer import quantizer, recipe
@@ -79,7 +92,7 @@ def ai_edge_quantizer(module, example: tuple, calib: list[np.ndarray], out: Path
 
     with quiet(), tempfile.TemporaryDirectory() as tmp:
         float_path = Path(tmp) / "float.tflite"
-        litert_torch.convert(module, example).export(str(float_path))
+        litert_torch.convert(source.module, source.example).export(str(float_path))
         signature = Interpreter(model_path=str(float_path)).get_signature_list()
         key = next(iter(signature))
         names = sorted(signature[key]["inputs"])  # litert-torch names them args_0, args_1, ... in order
@@ -90,12 +103,12 @@ def ai_edge_quantizer(module, example: tuple, calib: list[np.ndarray], out: Path
     return [out]
 
 
-def onnxruntime_quantize_static(fp32_onnx: Path, calib: list[np.ndarray], out: Path) -> list[Path]:
+def onnxruntime_quantize_static(source: Source, calib: list[np.ndarray], out: Path) -> list[Path]:
     """``quant_pre_process`` then ``quantize_static`` with every default (QDQ, S8S8, per-tensor, MinMax)."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, quant_pre_process, quantize_static
 
-    names = [i.name for i in onnx.load(str(fp32_onnx), load_external_data=False).graph.input]
+    names = [i.name for i in onnx.load(str(source.fp32_onnx), load_external_data=False).graph.input]
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -107,25 +120,26 @@ def onnxruntime_quantize_static(fp32_onnx: Path, calib: list[np.ndarray], out: P
 
     with quiet(), tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(fp32_onnx), str(pre))
+        quant_pre_process(str(source.fp32_onnx), str(pre))
         quantize_static(str(pre), str(out), Reader())
     return [out]
 
 
-def nncf_quantize(source, example: tuple, calib: list[np.ndarray], out: Path) -> list[Path]:
+def nncf_quantize(source: Source, calib: list[np.ndarray], out: Path) -> list[Path]:
     """OpenVINO's own converter, then ``nncf.quantize`` with its defaults (preset, subset of 300)."""
     import nncf
     import openvino as ov
 
     with quiet(), tempfile.TemporaryDirectory() as tmp:
-        if isinstance(source, Path):  # a Keras file: OpenVINO reads Keras 3 models as a SavedModel
+        shapes = [tuple(x.shape) for x in source.example]
+        if source.keras_path is not None:  # OpenVINO reads Keras 3 models as a SavedModel
             import keras
 
             saved = Path(tmp) / "saved_model"
-            keras.models.load_model(source, compile=False).export(str(saved), verbose=False)
-            model = ov.convert_model(str(saved), input=[tuple(x.shape) for x in example])
+            keras.models.load_model(source.keras_path, compile=False).export(str(saved), verbose=False)
+            model = ov.convert_model(str(saved), input=shapes)
         else:
-            model = ov.convert_model(source, example_input=example, input=[tuple(x.shape) for x in example])
+            model = ov.convert_model(source.module, example_input=source.example, input=shapes)
         dataset = nncf.Dataset(list(_rows(calib)), lambda row: row if len(row) > 1 else row[0])
         quantized = nncf.quantize(model, dataset)
         ov.save_model(quantized, str(out.with_suffix(".xml")))

@@ -87,18 +87,16 @@ def peer_recipes(framework: str, target: str) -> list[tuple[str, object]]:
     return [("nncf.quantize", peer_tools.nncf_quantize)]
 
 
-def run_peer(name: str, recipe, bench: model_set.Bench, source, fp32: Variant, calib: list[np.ndarray], out: Path) -> Variant:
+def run_peer(name: str, recipe, bench: model_set.Bench, source, fp32: Variant, calib: list[np.ndarray],
+             out: Path, target: str) -> Variant:
+    keras = bench.framework == "keras"
     start = time.perf_counter()
-    if recipe is peer_tools.onnxruntime_quantize_static:
-        files = recipe(fp32.files[0], calib, out)
-        extra = fp32.tool_s  # the fp32 ONNX it starts from is part of its cost
-    else:
-        model = Path(bench.model) if bench.framework == "keras" else source.native
-        example = source.example_inputs() if bench.framework == "torch" else tuple(a[:1] for a in calib)
-        args = (Path(bench.model), calib, out) if recipe is peer_tools.tflite_converter else (model, example, calib, out)
-        files = recipe(*args)
-        extra = 0.0
-    return Variant(name, files, time.perf_counter() - start + extra)
+    files = recipe(peer_tools.Source(keras_path=Path(bench.model) if keras else None,
+                                     module=None if keras else source.native,
+                                     example=tuple(a[:1] for a in calib) if keras else source.example_inputs(),
+                                     fp32_onnx=fp32.files[0] if target == "onnx" else None), calib, out)
+    # The onnxruntime quantizer starts from the fp32 ONNX: its export is part of the peer's cost.
+    return Variant(name, files, time.perf_counter() - start + (fp32.tool_s if target == "onnx" else 0.0))
 
 
 def measure_cell(bench: model_set.Bench, target: str, source, work: Path, calib: list[np.ndarray],
@@ -130,7 +128,7 @@ def measure_cell(bench: model_set.Bench, target: str, source, work: Path, calib:
     for name, recipe in peer_recipes(bench.framework, target):
         say(name)
         variants.append(run_peer(name, recipe, bench, source, variants[0], calib,
-                                 folder / f"peer_{len(variants)}.{suffix}"))
+                                 folder / f"peer_{len(variants)}.{suffix}", target))
     open_session = registry.resolve("runtime", target)
     rows, labels, reference = evaluation
     for threads in THREADS:

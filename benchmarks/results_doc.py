@@ -201,6 +201,7 @@ def _reading(found: list[dict], cells: list, peaks: dict) -> list[str]:
                  "latency ratios say little.")
     if any("per-channel" in line for line in lines):
         lines.append(f"- {PER_CHANNEL_WHY}")
+        lines += _per_channel_evidence(cells)
     seen = set()
     for cell in cells:
         for p in cell.peers:
@@ -208,6 +209,21 @@ def _reading(found: list[dict], cells: list, peaks: dict) -> list[str]:
             if note and note not in seen:
                 seen.add(note)
                 lines.append(f"- {p.label} ({cell.target}): {note}.")
+    return lines
+
+
+def _per_channel_evidence(cells: list) -> list[str]:
+    """What per-tensor weights cost on the trained models, where accuracy is measured against labels."""
+    lines = []
+    for cell in cells:
+        per_tensor = next((v for v in cell.variants if v.label == "edgeopt --per-tensor"), None)
+        if per_tensor is None or "top1" not in per_tensor.quality:
+            continue
+        edge = cell.get("edgeopt")
+        lines.append(f"- {cell.bench.name} -> {cell.target}, trained: per-channel {100 * edge.quality['top1']:.2f}% "
+                     f"top-1 at {edge.quality['sqnr_db']:.1f} dB SQNR, per-tensor "
+                     f"{100 * per_tensor.quality['top1']:.2f}% at {per_tensor.quality['sqnr_db']:.1f} dB; "
+                     f"per-channel costs {edge.size - per_tensor.size:,} bytes more.")
     return lines
 
 
