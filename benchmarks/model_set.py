@@ -29,10 +29,6 @@ class Bench:
     weights: Path | None = None
     input_shape: tuple[int, ...] | None = None  # PyTorch, batch first
 
-    @property
-    def trained(self) -> bool:
-        return "labels" in np.load(self.val).files
-
 
 def _random_images(path: Path, shape: tuple[int, ...], count: int, seed: int) -> Path:
     rng = np.random.default_rng(seed)

@@ -197,11 +197,6 @@ def peak(rows: list[Row]) -> dict[str, float | str]:
     return out
 
 
-def measure_peak(threads: int, *, seconds: float = 1.0) -> dict[str, float | str]:
-    """Peak int8 and fp32 MACs per second at ``threads`` threads, and how each was reached."""
-    return peak(measure_all(threads, seconds=seconds))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="timed seconds per model")

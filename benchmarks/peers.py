@@ -39,6 +39,7 @@ from edgeopt.validate.latency import measure_interleaved  # noqa: E402
 
 TARGETS = ("tflite", "onnx", "openvino")
 THREADS = (1, 2)
+PER_TENSOR = "edgeopt --per-tensor"
 
 
 @dataclass
@@ -66,11 +67,15 @@ class Cell:
     target: str
     params: int
     macs: int
-    source_quality: dict[str, float]
     variants: list[Variant]
 
     def get(self, label: str) -> Variant:
         return next(v for v in self.variants if v.label == label)
+
+    @property
+    def per_tensor(self) -> Variant | None:
+        """edgeopt with --per-tensor, made where the peer's default is per-tensor weights."""
+        return next((v for v in self.variants if v.label == PER_TENSOR), None)
 
     @property
     def peers(self) -> list[Variant]:
@@ -113,8 +118,10 @@ def measure_cell(bench: model_set.Bench, target: str, source, work: Path, calib:
     variants = [Variant("fp32", [fp32.path, *fp32.extra_files], time.perf_counter() - start)]
     # Where the peer's default is per-tensor weights, edgeopt with --per-tensor shows how much of a size
     # gap is the per-channel scales (reported, not judged).
-    per_tensor_peer = target == "onnx" or (target == "tflite" and bench.framework == "torch")
-    for label, per_channel in (("edgeopt", True), ("edgeopt --per-tensor", False))[:2 if per_tensor_peer else 1]:
+    runs = [("edgeopt", True)]
+    if target == "onnx" or (target == "tflite" and bench.framework == "torch"):
+        runs.append((PER_TENSOR, False))
+    for label, per_channel in runs:
         say(label)
         start = time.perf_counter()
         result = edgeopt.compress(bench.model, target=target, calib=bench.calib, val=bench.val,
@@ -144,7 +151,7 @@ def measure_cell(bench: model_set.Bench, target: str, source, work: Path, calib:
             for v in variants:
                 v.quality = _quality(sessions[v.label].run_many(rows), reference, labels)
     meta = source.handle.metadata
-    return Cell(bench, target, int(meta["params"]), int(meta["macs"]), _quality(reference, reference, labels), variants)
+    return Cell(bench, target, int(meta["params"]), int(meta["macs"]), variants)
 
 
 def _quality(outputs: list[np.ndarray], reference: list[np.ndarray], labels: np.ndarray | None) -> dict[str, float]:

@@ -103,7 +103,7 @@ def verdicts(cells: list) -> list[dict]:
             short.append(f"latency {latency[worst]:.2f}x {fastest[worst].label} at {worst} thread"
                          f"{'s' if worst > 1 else ''}")
         if edge.size > SIZE_SLACK * smallest.size:
-            per_tensor = next((v for v in cell.variants if v.label == "edgeopt --per-tensor"), None)
+            per_tensor = cell.per_tensor
             short.append(f"size {edge.size / smallest.size:.3f}x {smallest.label}" + (
                 f" (edgeopt --per-tensor: {per_tensor.size / smallest.size:.3f}x)" if per_tensor else ""))
         if edge.quality["drop_points"] > best_drop.quality["drop_points"] + DROP_SLACK:
@@ -147,7 +147,7 @@ TINY_MACS = 10_000_000  # below this a run takes microseconds and per-call overh
 
 def _cause(f: dict) -> str:
     cell, edge = f["cell"], f["cell"].get("edgeopt")
-    per_tensor = next((v for v in cell.variants if v.label == "edgeopt --per-tensor"), None)
+    per_tensor = cell.per_tensor
     causes = []
     if any(s.startswith("size") for s in f["short"]):
         causes.append(f"per-channel scales ({PER_CHANNEL_BYTES[cell.target]})"
@@ -220,7 +220,7 @@ def _per_channel_evidence(cells: list) -> list[str]:
     """What per-tensor weights cost on the trained models, where accuracy is measured against labels."""
     lines = []
     for cell in cells:
-        per_tensor = next((v for v in cell.variants if v.label == "edgeopt --per-tensor"), None)
+        per_tensor = cell.per_tensor
         if per_tensor is None or "top1" not in per_tensor.quality:
             continue
         edge = cell.get("edgeopt")

@@ -121,20 +121,7 @@ class Judge:
 
 def _batched(run: Callable, subset: cal.Subset, chunk: int = 32, rows: bool = False) -> list[np.ndarray]:
     """``run`` over ``subset`` in chunks (streamed), outputs concatenated."""
-    parts: list[list[np.ndarray]] = []
-    pending: list[dict[str, np.ndarray]] = []
-
-    def flush() -> None:
-        batch = pending if rows else {n: np.concatenate([r[n] for r in pending]) for n in pending[0]}
-        parts.append(run(batch))
-        pending.clear()
-
-    for row in subset:
-        pending.append(row)
-        if len(pending) == chunk:
-            flush()
-    if pending:
-        flush()
+    parts = [run(part if rows else cal.stack(part)) for part in subset.chunks(chunk)]
     return [np.concatenate(p) for p in zip(*parts)]
 
 

@@ -208,6 +208,11 @@ class DataSource:
         return values.astype(np.int64)
 
 
+def stack(rows: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Rows of single samples as one batch per input."""
+    return {name: np.concatenate([r[name] for r in rows]) for name in rows[0]}
+
+
 @dataclass(frozen=True)
 class Subset:
     """A seeded choice of sample indices from a source."""
@@ -227,8 +232,18 @@ class Subset:
 
     def stacked(self) -> dict[str, np.ndarray]:
         """All selected samples as one batch per input (for reference runs on small sets)."""
-        rows = list(self)
-        return {name: np.concatenate([r[name] for r in rows]) for name in rows[0]}
+        return stack(list(self))
+
+    def chunks(self, size: int) -> Iterator[list[dict[str, np.ndarray]]]:
+        """The samples, streamed in lists of at most ``size`` rows."""
+        pending: list[dict[str, np.ndarray]] = []
+        for row in self:
+            pending.append(row)
+            if len(pending) == size:
+                yield pending
+                pending = []
+        if pending:
+            yield pending
 
     def sha256(self) -> str:
         """A digest of exactly the selected samples, in order, so reports can name the data."""

@@ -435,21 +435,10 @@ def evaluate(source: LoadedModel, sessions: dict, subset: cal.Subset, chunk: int
     """Run the source (in batches) and every session (sample by sample) over ``subset``, streamed."""
     ref_parts: list[list[np.ndarray]] = []
     art_parts: dict[str, list[list[np.ndarray]]] = {k: [] for k in sessions}
-    rows: list[dict[str, np.ndarray]] = []
-
-    def flush() -> None:
-        batch = {n: np.concatenate([r[n] for r in rows]) for n in rows[0]}
-        ref_parts.append(source.predict(batch))
+    for rows in subset.chunks(chunk):
+        ref_parts.append(source.predict(cal.stack(rows)))
         for key, session in sessions.items():
             art_parts[key].append(session.run_many(rows))
-        rows.clear()
-
-    for row in subset:
-        rows.append(row)
-        if len(rows) == chunk:
-            flush()
-    if rows:
-        flush()
     join = lambda parts: [np.concatenate(p) for p in zip(*parts)]  # noqa: E731
     return join(ref_parts), {k: join(v) for k, v in art_parts.items()}, subset.labels()
 

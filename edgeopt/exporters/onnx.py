@@ -19,6 +19,7 @@ import re
 import shutil
 import tempfile
 import weakref
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -228,9 +229,9 @@ def _finish(proto: Any, source: LoadedModel, out: Path, *, precision: str, calib
             _quantize_dynamic(float_path, out, source)
             return ExportResult(out, "int8-dynamic", notes)
         check_quant(key, quant, keep_float=bool(quant.keep_float))
-        _quantize_static(float_path, Path(tmp), out, source, calib, quant)
+        quantized = _quantize_static(float_path, Path(tmp), out, source, calib, quant)
     kept = set(quant.keep_float)
-    floats = [f for f in float_compute_nodes(onnx.load(str(out))) if f.split("'")[1] not in kept]
+    floats = [f for f in float_compute_nodes(quantized) if f.split("'")[1] not in kept]
     if kept:
         notes.append(f"Kept in float in '{out.name}' (onnxruntime nodes_to_exclude): {', '.join(sorted(kept))}.")
     if floats:
@@ -267,7 +268,8 @@ def _working_dir(folder: Path) -> Iterator[None]:
 
 
 def _quantize_static(float_path: Path, tmp: Path, out: Path, source: LoadedModel, calib: Subset,
-                     quant: QuantSettings) -> None:
+                     quant: QuantSettings) -> Any:
+    """Write the int8 QDQ model to ``out``; returns it as a ModelProto."""
     ort_quant = require("onnxruntime.quantization", "Quantizing ONNX models")
     shape_tools = require("onnxruntime.quantization.shape_inference", "Quantizing ONNX models")
     onnx = require("onnx", "Quantizing ONNX models")
@@ -306,13 +308,14 @@ def _quantize_static(float_path: Path, tmp: Path, out: Path, source: LoadedModel
                 calibrate_method=method, nodes_to_exclude=list(quant.keep_float), extra_options=extra, **cache)
     except Exception as exc:
         raise conversion_failure("onnxruntime quantize_static", source.handle.path, exc) from exc
-    _drop_zero_bias_offsets(onnx, out)
+    quantized = _drop_zero_bias_offsets(onnx, out)
     if ranges is not None and ranges.is_file():
         _RANGES.setdefault(source, {})[(id(calib), quant.method, quant.percentile)] = ranges.read_text()
+    return quantized
 
 
-def _drop_zero_bias_offsets(onnx: Any, path: Path) -> int:
-    """Remove the all-zero int32 zero points of the bias DequantizeLinear nodes; returns how many.
+def _drop_zero_bias_offsets(onnx: Any, path: Path) -> Any:
+    """Remove the all-zero int32 zero points of the bias DequantizeLinear nodes; returns the model.
 
     quantize_static stores one per output channel with per-channel weights (4 bytes each, about 2%
     of a MobileNet-sized model), yet the input is optional and means 0. onnxruntime still fuses
@@ -321,28 +324,23 @@ def _drop_zero_bias_offsets(onnx: Any, path: Path) -> int:
     """
     model = onnx.load(str(path))
     initializers = {t.name: t for t in model.graph.initializer}
-    users: dict[str, int] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            users[name] = users.get(name, 0) + 1
-    dropped = 0
+    users = Counter(name for node in model.graph.node for name in node.input)
     for node in model.graph.node:
         if node.op_type != "DequantizeLinear" or len(node.input) != 3:
             continue
         value, offset = initializers.get(node.input[0]), initializers.get(node.input[2])
         if value is None or offset is None or offset.data_type != onnx.TensorProto.INT32:
             continue
-        if onnx.numpy_helper.to_array(offset).any():
-            continue
-        users[node.input[2]] -= 1
-        del node.input[2]
-        dropped += 1
-    if dropped:
-        kept = [t for t in model.graph.initializer if users.get(t.name, 0) > 0]
+        if not onnx.numpy_helper.to_array(offset).any():
+            users[node.input[2]] -= 1
+            del node.input[2]
+    freed = {t.name for t in model.graph.initializer if t.name in users and users[t.name] == 0}
+    if freed:
+        kept = [t for t in model.graph.initializer if t.name not in freed]
         del model.graph.initializer[:]
         model.graph.initializer.extend(kept)
         onnx.save(model, str(path))
-    return dropped
+    return model
 
 
 def _ranges(ort_quant: Any, prepared: Path, tmp: Path, source: LoadedModel, calib: Subset, quant: QuantSettings,
