@@ -18,7 +18,7 @@ $(VENV)/.installed-tf: pyproject.toml | $(PY)
 # torch goes first, pinned, so that no later requirement pulls a CUDA build of it.
 $(VENV)/.installed-all: pyproject.toml | $(PY)
 	$(PIP) install "torch==2.13.0"
-	$(PIP) install -e ".[all,torch-tflite,test]"
+	$(PIP) install -e ".[all,test]"
 	touch $@ $(VENV)/.installed-tf
 
 example: $(VENV)/.installed-tf
