@@ -36,6 +36,7 @@ from edgeopt.errors import UsageError
 from edgeopt.exporters.base import ExportResult, Layer, QuantSettings, check_quant
 from edgeopt.frameworks.base import LoadedModel
 from edgeopt.recipe import BudgetsConfig
+from edgeopt.targets.base import open_own_artifact
 from edgeopt.validate import fidelity as fid
 
 Progress = Callable[[str], None]
@@ -95,7 +96,7 @@ class Judge:
 
     def __init__(self, target: str, source: LoadedModel, val: cal.Subset, metric: Metric,
                  threads: int | None) -> None:
-        self._open = registry.resolve("runtime", target)
+        self._target = target
         self._source = source
         self._val = val
         self._threads = threads
@@ -107,9 +108,7 @@ class Judge:
         self.exports = 0
 
     def measure(self, exported: ExportResult) -> Quality:
-        handle = self._source.handle
-        session = self._open(exported.path, threads=self._threads, input_names=handle.input_names,
-                             source_inputs=handle.inputs, source_outputs=handle.outputs)
+        session = open_own_artifact(self._target, exported.path, self._source, threads=self._threads)
         outputs = _batched(session.run_many, self._val, rows=True)
         fidelity = fid.fidelity(self.reference, outputs)
         accuracy = self.metric(outputs, self.labels)

@@ -54,16 +54,19 @@ def _prune_spec(ctx, param, value: str | None):
 
 
 def _input_shapes(ctx, param, values: tuple[str, ...]):
-    """NAME=1,3,224,224 per input; a bare shape names the only input."""
+    """NAME=1,3,224,224, NAME:1,3,224,224 or NAME:1x3x224x224 per input; a bare shape names the only input."""
     if not values:
         return None
     shapes: dict[str, tuple[int, ...]] = {}
     for value in values:
-        name, _, dims = value.rpartition("=")
+        # The shape is what follows the last '=' (or, without one, the last ':'): names may hold ':'.
+        sep = "=" if "=" in value else ":" if ":" in value else None
+        name, _, dims = value.rpartition(sep) if sep else ("", "", value)
         try:
             shape = tuple(int(d) for d in dims.lower().replace("x", ",").split(","))
         except ValueError:
-            raise click.BadParameter(f"expected NAME=D0,D1,... such as image=1,3,224,224, got '{value}'") from None
+            raise click.BadParameter(f"expected NAME=D0,D1,... such as image=1,3,224,224 (or image:1x3x224x224), "
+                                     f"got '{value}'") from None
         if name in shapes or (not name and values[1:]):
             raise click.BadParameter(f"'{value}': give each input once, as NAME=shape, when there are several")
         shapes[name or "input"] = shape
@@ -151,6 +154,10 @@ def main(debug: bool) -> None:
     """Make a trained model ready for an edge device: smaller, faster, and proven accurate."""
     if debug:
         os.environ["EDGEOPT_DEBUG"] = "1"
+    else:
+        from edgeopt.deps import quiet_warnings
+
+        quiet_warnings()
 
 
 @main.command(epilog=EPILOG)
@@ -177,8 +184,9 @@ def main(debug: bool) -> None:
 @click.option("--weights", type=click.Path(path_type=Path),
               help="PyTorch state_dict for a model given as net.py:build_model or package.module:Class.")
 @click.option("--input-shape", "input_shapes", multiple=True, callback=_input_shapes, metavar="NAME=SHAPE",
-              help="PyTorch input shape, batch first, e.g. image=1,3,224,224 (repeat per input) "
-                   "[default: from --calib].")
+              help="Input sizes, batch first, e.g. image=1,3,224,224 or image:1x3x224x224 (repeat per input): "
+                   "a PyTorch model's input shapes, or the free sizes of an ONNX model's inputs fixed for every "
+                   "target [default: from --calib].")
 @click.option("--prune", "prune_spec", callback=_prune_spec, metavar="METHOD:RATIO",
               help="channels:0.5 removes half the channels; magnitude:0.8 zeroes 80% of the weights.")
 @click.option("--distill", is_flag=True, help="Fine-tune the pruned model with the source model as teacher.")
@@ -292,13 +300,16 @@ def run(recipe_file, quiet):
 
 
 def _run_and_show(config, quiet: bool) -> None:
+    from edgeopt import jobs
     from edgeopt.console import steps
     from edgeopt.errors import BudgetMissed
-    from edgeopt.pipeline import compress as run_compress
+    from edgeopt.supervisor import supervise
 
     try:
         with steps(quiet) as progress:
-            result = run_compress(config, progress)
+            # In a child process: a framework that crashes natively cannot take the command down silently.
+            result = supervise(jobs.compress, config, progress, subject=config.model.name,
+                               output_dir=config.output_dir(), preflight=lambda: jobs.check_compress(config))
     except BudgetMissed as missed:
         _show(config, missed.result)  # the best try was written: show it, then exit 1
         raise
@@ -412,16 +423,19 @@ def validate(artifacts, reference, val, device, threads, runs, warmup, time_budg
     """Measure ARTIFACTS side by side: latency, fidelity against the reference, accuracy."""
     from rich.markup import escape
 
+    from edgeopt import jobs
     from edgeopt.console import out, steps, table
     from edgeopt.report import validate_rows
-    from edgeopt.validate.job import ValidateConfig, run
+    from edgeopt.supervisor import supervise
+    from edgeopt.validate.job import ValidateConfig
 
     config = ValidateConfig(artifacts=tuple(artifacts), val=val, reference=reference, device=device,
                             threads=threads, runs=runs, warmup=warmup, time_budget_s=time_budget, metric=metric,
                             trust_model=trust_model, remote_python=remote_python, ssh_identity=ssh_key,
                             ssh_known_hosts=known_hosts)
     with steps(quiet) as progress:
-        report = run(config, output, progress)
+        report = supervise(jobs.validate, (config, output), progress, output_dir=output,
+                           subject=[p.name for p in (reference, *artifacts) if p is not None])
     header, rows = validate_rows(report)
     out.print(table(escape(f"edgeopt validate on {report['artifacts'][0]['device']}"), header,
                     [[escape(c) for c in r] for r in rows], transpose=True))

@@ -21,6 +21,7 @@ from edgeopt.frameworks.base import LoadedModel
 from edgeopt.model import Format, TensorSpec
 from edgeopt.outputs import OutputStage, check_output_dir
 from edgeopt.passes.base import PassContext
+from edgeopt.targets.base import open_own_artifact
 from edgeopt.report import build_report, render_markdown, write_json
 from edgeopt.report_html import render_html
 from edgeopt.validate import fidelity as fid
@@ -142,9 +143,29 @@ def load_source(path: Path, *, trust: bool, weights: Path | None = None,
     elif weights is not None:
         raise UsageError(f"--weights goes with a PyTorch model built from code, not with the {fmt.value} "
                          f"model '{path}'.", hint="Drop --weights; the weights are inside the model file.")
+    elif fmt is Format.ONNX:
+        source = loader(path, fmt, trust=trust, input_shapes=input_shapes)
     else:
         source = loader(path, fmt, trust=trust)
     return source, notes + list(source.handle.metadata.get("notes", []))
+
+
+def _fix_sizes_for_tflite(config: recipe.CompressConfig, source: LoadedModel, data: cal.Subset | None,
+                          notes: list[str]) -> LoadedModel:
+    """An ONNX source with free sizes past the batch axis, bound for TFLite (which has fixed sizes
+    only), takes the sizes of its data unless --input-shape chose them."""
+    if source.handle.format is not Format.ONNX or "tflite" not in config.targets or data is None:
+        return source
+    free = [t for t in source.handle.inputs if any(d is None for d in t.shape[1:])]
+    if not free:
+        return source
+    row = next(iter(data))
+    shapes = {t.name: (1, *np.shape(row[t.name])[1:]) for t in source.handle.inputs}
+    fixed, _ = load_source(config.model, trust=config.trust_model, input_shapes=shapes)
+    sizes = ", ".join(f"'{t.name}' to {'x'.join(map(str, shapes[t.name]))}" for t in free)
+    notes.append(f"TFLite models have fixed sizes: the free sizes of {sizes} were taken from the data; "
+                 "--input-shape NAME=... chooses others.")
+    return fixed
 
 
 def compress(config: recipe.CompressConfig, progress: Progress | None = None) -> Result:
@@ -183,6 +204,7 @@ def compress(config: recipe.CompressConfig, progress: Progress | None = None) ->
             if calib is not None and val is None:
                 val = calib
                 notes.append("Too few calibration samples to hold some back: validated on the calibration samples.")
+    source = _fix_sizes_for_tflite(config, source, calib or val, notes)
     if config.precision == "int8" and calib is None:
         notes.append("No calibration data: the int8 model uses dynamic-range quantization "
                      "(int8 weights, float activations). Pass --calib for full-integer int8.")
@@ -356,12 +378,9 @@ def _data_entry(path, subset: cal.Subset | None, seed: int, held_out: bool = Fal
 def _measure(target, source: LoadedModel, variants: dict, val: cal.Subset | None,
              config: recipe.CompressConfig, say: Progress, metric: budget.Metric | None = None) -> dict[str, Any]:
     """Measure every variant (fp32 baseline, intermediate stages, the artifact) side by side."""
-    open_session = registry.resolve("runtime", target)
-    names = source.handle.input_names
     threads = config.validation.threads
     # Data stays in the source's layout; each session turns it into its own.
-    sessions = {k: open_session(v.path, threads=threads, input_names=names, source_inputs=source.handle.inputs,
-                                source_outputs=source.handle.outputs) for k, v in variants.items()}
+    sessions = {k: open_own_artifact(target, v.path, source, threads=threads) for k, v in variants.items()}
     result = variants["artifact"]
     entry: dict[str, Any] = {
         "target": target, "path": str(result.path), "precision": result.precision,

@@ -198,7 +198,8 @@ def _cleaned(source: LoadedModel) -> Any:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         options.optimized_model_filepath = str(Path(tmp) / "clean.onnx")
         try:
-            ort.InferenceSession(str(source.handle.path), options, providers=["CPUExecutionProvider"])
+            ort.InferenceSession(str(getattr(source, "graph_file", source.handle.path)), options,
+                                 providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise conversion_failure("ONNX Runtime", source.handle.path, exc) from exc
         model = onnx.load(str(Path(tmp) / "clean.onnx"))
@@ -225,6 +226,8 @@ def _finish(proto: Any, source: LoadedModel, out: Path, *, precision: str, calib
             half = float16.convert_float_to_float16(onnx.load(str(float_path)), keep_io_types=True)
             _save(onnx, half, out, source)
             return ExportResult(out, "fp16", notes)
+        if quant.per_channel or calib is None:  # dynamic int8 is always per channel here
+            notes.extend(_opset_for_int8(onnx, float_path, source))
         if calib is None:
             _quantize_dynamic(float_path, out, source)
             return ExportResult(out, "int8-dynamic", notes)
@@ -238,6 +241,31 @@ def _finish(proto: Any, source: LoadedModel, out: Path, *, precision: str, calib
         notes.append(f"Some weighted ops stayed in float in '{out.name}': {', '.join(floats[:8])}"
                      + (f" and {len(floats) - 8} more" if len(floats) > 8 else "") + ".")
     return ExportResult(out, "int8", notes, float_fallback=bool(floats or kept))
+
+
+# Per-channel DequantizeLinear (its ``axis``) exists from opset 13; ONNX Runtime's quantizer writes
+# it whatever the model's opset, and older models (Paddle2ONNX and torch 1.x exports at 11 and 12)
+# then fail to load.
+QDQ_AXIS_OPSET = 13
+
+
+def _opset_for_int8(onnx: Any, path: Path, source: LoadedModel) -> list[str]:
+    """Raise a float graph below opset 13 to 13, in place, so that its int8 form is valid ONNX."""
+    model = onnx.load(str(path))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), QDQ_AXIS_OPSET)
+    if opset >= QDQ_AXIS_OPSET:
+        return []
+    try:
+        upgraded = onnx.version_converter.convert_version(model, QDQ_AXIS_OPSET)
+        onnx.checker.check_model(upgraded)
+    except Exception as exc:
+        raise ConversionError(
+            f"'{source.handle.path}' is at ONNX opset {opset}; its int8 form needs opset {QDQ_AXIS_OPSET} (per-channel "
+            f"DequantizeLinear), and onnx.version_converter could not raise it: {str(exc).splitlines()[0][:300]}",
+            hint="Re-export the model at opset 13 or later, or pass --per-tensor.") from exc
+    _save(onnx, upgraded, path, source)
+    return [f"'{source.handle.path.name}' was raised from ONNX opset {opset} to {QDQ_AXIS_OPSET} for its int8 form "
+            "(per-channel DequantizeLinear needs 13)."]
 
 
 def _save(onnx: Any, proto: Any, path: Path, source: LoadedModel) -> None:

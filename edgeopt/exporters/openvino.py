@@ -98,7 +98,7 @@ def _export_quietly(convert: Callable[[Any, LoadedModel, Path], Any], source: Lo
 
 
 def _from_file(ov: Any, source: LoadedModel, tmp: Path) -> Any:
-    return ov.convert_model(str(source.handle.path))
+    return ov.convert_model(str(getattr(source, "graph_file", source.handle.path)))
 
 
 def _from_keras(ov: Any, source: LoadedModel, tmp: Path) -> Any:

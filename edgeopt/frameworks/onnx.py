@@ -8,6 +8,7 @@ behind a symlink into its weights.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -29,7 +30,8 @@ def is_quantized_op(op_type: str) -> bool:
     return op_type in QUANTIZED_OPS or op_type.startswith("QLinear")
 
 
-def load(path: Path, fmt: Format = Format.ONNX, *, trust: bool = False) -> LoadedModel:
+def load(path: Path, fmt: Format = Format.ONNX, *, trust: bool = False,
+         input_shapes: dict[str, tuple[int, ...]] | None = None) -> LoadedModel:
     onnx = require("onnx", "Loading ONNX models")
     path = Path(path)
     try:
@@ -48,11 +50,18 @@ def load(path: Path, fmt: Format = Format.ONNX, *, trust: bool = False) -> Loade
         onnx.load_external_data_for_model(model, str(path.parent))
     notes: list[str] = []
     model = _infer_shapes(onnx, model, path, notes)
+    pinned = False
+    if input_shapes:
+        from edgeopt.frameworks.onnx_shapes import pin_inputs
+
+        model, fixed = pin_inputs(onnx, model, input_shapes, path)
+        notes.extend(fixed)
+        pinned = bool(fixed)
     quantized = sorted({n.op_type for n in model.graph.node if is_quantized_op(n.op_type)})
     if quantized:
         notes.append(f"'{path.name}' is already quantized (it has {', '.join(quantized)} nodes); "
                      "quantizing it again would stack quantization errors.")
-    return OnnxModel(path, model, notes, quantized=bool(quantized))
+    return OnnxModel(path, model, notes, quantized=bool(quantized), pinned=pinned)
 
 
 def check_ops(onnx: Any, model: Any, path: Path) -> None:
@@ -215,10 +224,12 @@ def ort_error(path: Path, exc: Exception, model: Any = None) -> ConversionError 
 class OnnxModel(LoadedModel):
     """The source ONNX model; ``native`` is the checked ModelProto, run with ONNX Runtime on CPU."""
 
-    def __init__(self, path: Path, model: Any, notes: list[str], *, quantized: bool) -> None:
+    def __init__(self, path: Path, model: Any, notes: list[str], *, quantized: bool, pinned: bool = False) -> None:
         ort = require("onnxruntime", "Running ONNX models")
         self.native = model
         self.quantized = quantized
+        self._pinned = pinned
+        self._graph_dir: tempfile.TemporaryDirectory | None = None
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
         self.handle = ModelHandle(
             path=path, format=Format.ONNX, inputs=tensor_specs(model, inputs=True),
@@ -228,9 +239,21 @@ class OnnxModel(LoadedModel):
         options = ort.SessionOptions()
         options.log_severity_level = 3
         try:
-            self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self._session = ort.InferenceSession(str(self.graph_file), options, providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise ort_error(path, exc, model) from exc
+
+    @property
+    def graph_file(self) -> Path:
+        """The file tools read the graph from: the user's own, or, once --input-shape has fixed
+        sizes in it, a copy with those sizes (messages still name the user's file)."""
+        if not self._pinned:
+            return self.handle.path
+        if self._graph_dir is None:
+            self._graph_dir = tempfile.TemporaryDirectory(prefix=".edgeopt-onnx-")
+            onnx = require("onnx", "Writing ONNX models")
+            onnx.save(self.native, str(Path(self._graph_dir.name) / self.handle.path.name))
+        return Path(self._graph_dir.name) / self.handle.path.name
 
     def predict(self, feed: dict[str, np.ndarray], batch_size: int = 64) -> list[np.ndarray]:
         specs = self.handle.inputs

@@ -161,3 +161,23 @@ def opener(cls: type[Session]) -> Callable[..., Session]:
     open_session.__doc__ = f"Open an artifact in a {cls.__name__}, fed in the source model's layout."
     open_session.__module__ = cls.__module__  # it belongs to the runtime's module, where the registry names it
     return open_session
+
+
+def open_own_artifact(target: str, path: Path, source, *, threads: int | None = None) -> Session:
+    """Open an artifact edgeopt itself just wrote, fed in ``source``'s layout.
+
+    A runtime that refuses it is edgeopt's failure, not the user's file's: the error is a
+    ConversionError (exit 4) that says so, never "input rejected ... export the model again".
+    """
+    from edgeopt import registry
+    from edgeopt.errors import ConversionError, InputRejected
+
+    handle = source.handle
+    try:
+        return registry.resolve("runtime", target)(path, threads=threads, input_names=handle.input_names,
+                                                   source_inputs=handle.inputs, source_outputs=handle.outputs)
+    except InputRejected as exc:
+        raise ConversionError(
+            f"The {target} artifact edgeopt wrote for '{handle.path}' does not load in its runtime: {exc.message}",
+            hint="This is a fault in edgeopt's conversion, not in the model you gave. Run again with --debug "
+                 "and report the output; another --target or --precision may work meanwhile.") from exc
