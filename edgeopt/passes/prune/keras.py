@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from edgeopt.frameworks.keras import KerasModel
 from edgeopt.passes.base import PassContext, PassResult
-from edgeopt.passes.prune.keras_channels import ChannelPruneConfig, prune_channels
+from edgeopt.passes.prune.keras_channels import ChannelPruneConfig, apply, plan
 from edgeopt.passes.prune.keras_magnitude import MagnitudePruneConfig, MagnitudePruner, sparsity_by_layer
 
 
@@ -14,11 +14,20 @@ def run(model: KerasModel, config, ctx: PassContext) -> PassResult:
     if config.method == "channels":
         cfg = ChannelPruneConfig(ratio=config.ratio, layers=layers, exclude=config.exclude,
                                  exclude_first=config.exclude_first_last, criterion=config.criterion)
-        pruned, summary = prune_channels(model.native, cfg)
-        if not summary:
-            ctx.notes.append("Channel pruning found no channel group it could shrink safely; the model is unchanged.")
+        p = plan(model.native, cfg)
+        if p.keep:
+            pruned = apply(model.native, p)
+        else:
+            pruned = model.native
+            why = "; ".join(f"{', '.join(row['layers'])}: {row['reason']}" for row in p.kept_whole[:6])
+            ctx.notes.append("Channel pruning found no channel group it could shrink safely; the model is unchanged"
+                             + (f" ({why})." if why else "."))
+        before = sum(row["channels_before"] for row in p.groups)
+        removed = before - sum(row["channels_after"] for row in p.groups)
         return PassResult(KerasModel(model.handle.path, model.handle.format, pruned),
-                          {"method": "channels", "ratio": config.ratio, "layers": summary})
+                          {"method": "channels", "ratio": config.ratio, "layers": p.summary, "groups": p.groups,
+                           "kept_whole": p.kept_whole,
+                           "channels_removed": round(removed / before, 4) if before else 0.0})
     cfg = MagnitudePruneConfig(sparsity=config.ratio, scope=config.scope, layers=layers,
                                exclude=config.exclude, exclude_first_last=config.exclude_first_last)
     # Prune a copy: the original stays the teacher and the reference.
