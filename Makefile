@@ -5,7 +5,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 EXAMPLE_ARGS := examples/digits/digits_cnn.h5 --target tflite \
 	--calib calibration_data/digits/calib.npz --val calibration_data/digits/val.npz
 
-.PHONY: example test bench bench-more clean
+.PHONY: example test conformance bench bench-more clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -28,6 +28,11 @@ test: $(VENV)/.installed-all
 	bash scripts/system-packages.sh
 	$(PY) -m pytest -q -p no:cacheprovider tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+# Every cell of the real-models conformance suite (make test runs the cells each model marks for CI).
+conformance: $(VENV)/.installed-all
+	bash scripts/system-packages.sh
+	EDGEOPT_CONFORMANCE=full $(PY) -m pytest -q -p no:cacheprovider tests/conformance
 
 # edgeopt against the peer tools and the machine's peak: writes benchmarks/RESULTS.md (about 12 minutes).
 bench: $(VENV)/.installed-all

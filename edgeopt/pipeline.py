@@ -26,6 +26,7 @@ from edgeopt.report import build_report, render_markdown, write_json
 from edgeopt.report_html import render_html
 from edgeopt.validate import fidelity as fid
 from edgeopt.validate.latency import measure_interleaved
+from edgeopt.validate.collapse import collapse_warning
 from edgeopt.validate.slow_int8 import slow_int8_warning
 
 Progress = Callable[[str], None]
@@ -264,7 +265,8 @@ def compress(config: recipe.CompressConfig, progress: Progress | None = None) ->
                 entry["quantization"] = _with_latency_cost(outcome.info, entry)
             entry["budgets"] = _budget_checks(config, entry)
             slow = slow_int8_warning(entry, io_tensors=len(source.handle.inputs) + len(source.handle.outputs))
-            warnings.extend([slow] if slow else [])
+            collapsed = collapse_warning(entry)
+            warnings.extend(w for w in (collapsed, slow) if w)
             artifacts.append(entry)
             for key, exported in variants.items():
                 if key != "artifact":

@@ -2,7 +2,7 @@
 # System packages some tests need. Installed only when missing and only as root; tests that
 # need a package that could not be installed skip with the reason.
 set -u
-packages=(openssh-server openssh-client chromium)
+packages=(openssh-server openssh-client chromium fonts-dejavu-core)
 if [ ${#packages[@]} -eq 0 ]; then exit 0; fi
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

@@ -54,6 +54,7 @@ def export_torch(source: LoadedModel, out: Path, *, precision: str, calib: Subse
                 edge.export(str(float_path))
         except Exception as exc:
             raise conversion_failure("litert_torch.convert", source.handle.path, exc) from exc
+        flat_biases(float_path)
         if precision == "fp32":
             compact_tensor_names(out)
             return ExportResult(out, "fp32", notes)
@@ -90,6 +91,37 @@ def compact_tensor_names(path: Path) -> None:
             if index not in ends and tensor.name:
                 tensor.name = _compact_name(tensor.name.decode("utf-8", "replace")).encode()
     flatbuffers.write_model(model, str(path))
+
+
+# (op, index of its bias input) for the ops whose bias is one value per output channel.
+_BIASED = {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 2, "FULLY_CONNECTED": 2, "TRANSPOSE_CONV": 3}
+
+
+def flat_biases(path: Path) -> None:
+    """Give every bias the 1-D shape [C] the TFLite kernels define, in place.
+
+    litert-torch writes a transposed convolution's bias as [1, 1, 1, C] (a broadcast add folded
+    into the op); ai-edge-quantizer then gives it one scale per channel along axis 0, of size 1,
+    and LiteRT refuses the int8 model ("num_scales must be 1 ... got C"). The values are the same.
+    """
+    flatbuffers = require("ai_edge_litert.tools.flatbuffer_utils", "Writing TFLite models")
+    schema = flatbuffers.schema_fb
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    model = flatbuffers.read_model(str(path))
+    changed = False
+    for graph in model.subgraphs:
+        for op in graph.operators:
+            code = model.operatorCodes[op.opcodeIndex]
+            slot = _BIASED.get(names.get(max(code.builtinCode, code.deprecatedBuiltinCode)))
+            if slot is None or len(op.inputs) <= slot or op.inputs[slot] < 0:
+                continue
+            tensor = graph.tensors[op.inputs[slot]]
+            shape = list(tensor.shape)
+            if len(shape) > 1 and all(d == 1 for d in shape[:-1]):
+                tensor.shape = np.array(shape[-1:], dtype=np.int32)
+                changed = True
+    if changed:
+        flatbuffers.write_model(model, str(path))
 
 
 def _compact_name(name: str) -> str:

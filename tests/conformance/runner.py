@@ -21,7 +21,6 @@ import numpy as np
 
 from tests.conformance import zoo
 
-CALIB_SAMPLES, VAL_SAMPLES = 64, 64
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -45,7 +44,7 @@ def edgeopt_compress(case: zoo.Case, target: str, work: Path, calib: Path, val: 
     return result
 
 
-def load_reference_model(case: zoo.Case):
+def load_reference_model(case: zoo.Case, calib: Path | None = None):
     from edgeopt.pipeline import load_source
 
     args = case.model_args()
@@ -54,7 +53,8 @@ def load_reference_model(case: zoo.Case):
     if "--input-shape" in case.flags:
         name, _, dims = case.flags[case.flags.index("--input-shape") + 1].partition("=")
         shapes = {name: tuple(int(d) for d in dims.split(","))}
-    source, _ = load_source(Path(args[0]), trust=case.kind == "torchscript", weights=weights, input_shapes=shapes)
+    source, _ = load_source(Path(args[0]), trust=case.kind == "torchscript", weights=weights, input_shapes=shapes,
+                            calib=calib)
     return source
 
 
@@ -90,7 +90,7 @@ def peer_defaults(case: zoo.Case, target: str, work: Path, calib: Path, val: Pat
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import peer_tools
 
-    source = load_reference_model(case)
+    source = load_reference_model(case, calib)
     arrays = dict(np.load(calib))
     names = source.handle.input_names
     rows = [arrays[n] for n in names]
@@ -121,7 +121,7 @@ def peer_defaults(case: zoo.Case, target: str, work: Path, calib: Path, val: Pat
 
 
 def run(case: zoo.Case, target: str, work: Path, *, peers: bool = True) -> dict[str, Any]:
-    calib, val = zoo.write_data(case, work / "data", calib=CALIB_SAMPLES, val=VAL_SAMPLES)
+    calib, val = zoo.write_data(case, work / "data", calib=case.calib_samples, val=case.val_samples)
     mine = edgeopt_compress(case, target, work, calib, val)
     row: dict[str, Any] = {"case": case.id, "target": target, "rc": mine["rc"], "seconds": mine["seconds"]}
     art = mine.get("artifact")
@@ -160,7 +160,12 @@ def main() -> None:
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--work", default="/tmp/edgeopt-conformance")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--write", action="store_true", help="merge the figures into reference.yaml")
+    parser.add_argument("--from-json", default=None, help="write reference.yaml from an earlier --json run")
     args = parser.parse_args()
+    if args.from_json:
+        _write_reference(json.loads(Path(args.from_json).read_text()))
+        return
     rows = []
     for case in [zoo.BY_ID[c] for c in args.cases] if args.cases else zoo.CASES:
         for target in args.targets.split(","):
@@ -174,6 +179,18 @@ def main() -> None:
                   f"{('ERR ' + row['error'][-300:]) if 'error' in row else ''}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1, default=str))
+    if args.write:
+        _write_reference(rows)
+
+
+def _write_reference(rows: list[dict[str, Any]]) -> None:
+    import platform
+
+    from tests.conformance import reference
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    print("wrote", reference.write(rows, zoo.BY_ID, f"{cpu}, {os.cpu_count()} cores"))
 
 
 if __name__ == "__main__":

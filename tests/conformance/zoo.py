@@ -50,6 +50,9 @@ class Case:
     code: str | None = None          # for torch_module: "FILE.py:NAME" under modules/
     ci: tuple[str, ...] = ()         # targets that make test runs (the rest run in make conformance)
     flags: tuple[str, ...] = field(default=())
+    # Top-1 agreement is judged on enough samples that one flip moves it by under half a point.
+    calib_samples: int = 200
+    val_samples: int = 256
 
     def model_args(self) -> list[str]:
         """The model part of an ``edgeopt compress`` command line."""
@@ -78,7 +81,7 @@ CASES: tuple[Case, ...] = (
          _one("x", lambda n, s: data.imagenet(n, s)), "classifier",
          "torchvision MobileNetV2, ImageNet weights (state_dict + model file)",
          ("state_dict + module file", "depthwise convs", "ReLU6"), code="mobilenet_v2.py:mobilenet_v2",
-         ci=("tflite",)),
+         ci=("tflite",), calib_samples=128, val_samples=160),
     Case("mtcnn_onet", "facenet-pytorch==2.6.0", "facenet_pytorch/data/onet.pt", "torch_module",
          _one("x", lambda n, s: data.faces_mtcnn(n, s, 48)), "regression",
          "MTCNN O-net (facenet-pytorch): box, landmarks and face probability for 48x48 crops",
@@ -91,11 +94,12 @@ CASES: tuple[Case, ...] = (
     Case("ppocr_det_v4", "rapidocr-onnxruntime==1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
          "onnx", _one("x", lambda n, s: data.documents(n, s, 320)), "regression",
          "PP-OCRv4 text detector (DB head, sigmoid probability map)",
-         ("Paddle2ONNX", "opset 12", "free dims", "hard-sigmoid", "ConvTranspose"), ci=("onnx", "openvino")),
+         ("Paddle2ONNX", "opset 12", "free dims", "hard-sigmoid", "ConvTranspose"), ci=("onnx", "openvino"),
+         calib_samples=64, val_samples=48),
     Case("ppocr_rec_v4", "rapidocr-onnxruntime==1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
          "onnx", _one("x", lambda n, s: data.text_lines(n, s, 48, 320)), "regression",
          "PP-OCRv4 text recognizer (SVTR-style, CTC over 6625 characters)",
-         ("Paddle2ONNX", "opset 12", "free dims", "MatMul attention")),
+         ("Paddle2ONNX", "opset 12", "free dims", "MatMul attention"), calib_samples=64, val_samples=64),
     Case("ppocr_cls_v2", "rapidocr-onnxruntime==1.4.4",
          "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx", "onnx",
          _one("x", lambda n, s: data.text_lines(n, s, 48, 192, flip_some=True)), "classifier",
@@ -109,15 +113,15 @@ CASES: tuple[Case, ...] = (
          _one("images", lambda n, s: data.letterboxed_photos(n, s, 320)), "regression",
          "YOLOv8n detector (ultralytics export), 18 classes",
          ("ultralytics exporter", "opset 17", "input float32[?,3,?,?]", "SiLU"),
-         flags=("--input-shape", "images=1,3,320,320"), ci=("onnx",)),
+         flags=("--input-shape", "images=1,3,320,320"), ci=("onnx",), calib_samples=64, val_samples=48),
     Case("ddddocr_ocr", "ddddocr==1.6.1", "ddddocr/common.onnx", "onnx",
          _one("input1", lambda n, s: data.captchas(n, s)), "regression",
          "ddddocr CRNN text recognizer (conv + LSTM, CTC)",
-         ("torch.onnx 1.9", "opset 12", "LSTM", "free width")),
+         ("torch.onnx 1.9", "opset 12", "LSTM", "free width"), calib_samples=64, val_samples=64),
     Case("ddddocr_det", "ddddocr==1.6.1", "ddddocr/common_det.onnx", "onnx",
          _one("images", lambda n, s: data.letterboxed_photos(n, s, 416, scale=1.0)), "regression",
          "ddddocr YOLOX-style text/character detector, 416x416",
-         ("torch.onnx 1.9", "opset 11", "Resize", "SiLU")),
+         ("torch.onnx 1.9", "opset 11", "Resize", "SiLU"), calib_samples=64, val_samples=48),
 )
 
 BY_ID = {c.id: c for c in CASES}

@@ -1,0 +1,73 @@
+"""``reference.yaml``: per model and target, what edgeopt's default run and the best peer default
+measured on the same data, and the tolerance the tests allow around them."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PATH = Path(__file__).with_name("reference.yaml")
+# Cosines move with the CPU's int8 kernels (VNNI, AMX) by about 1e-4; the loss may grow by this.
+COSINE_SLACK = 0.002
+
+
+def load() -> dict[str, Any]:
+    return yaml.safe_load(PATH.read_text(encoding="utf-8")) if PATH.is_file() else {"models": {}}
+
+
+def agreement_tolerance(p: float, n: int) -> float:
+    """What chance alone moves a top-1 agreement of ``p`` on ``n`` samples by: two standard errors,
+    and never less than two samples' worth."""
+    return max(2.0 / n, 2.0 * math.sqrt(max(p * (1 - p), 1.0 / n) / n))
+
+
+def floor(reference: float, task: str, samples: int) -> float:
+    """The lowest score a run may give and still match ``reference`` (a measured score)."""
+    if task == "classifier":
+        return reference - agreement_tolerance(reference, samples)
+    return 1.0 - ((1.0 - reference) * 1.1 + COSINE_SLACK)
+
+
+def cell_entry(row: dict[str, Any]) -> dict[str, Any]:
+    """One target's entry from a runner row."""
+    if row["rc"] != 0:
+        return {"exit_code": row["rc"], "refusal": row.get("error", "").splitlines()[0][:300]}
+    entry = {"exit_code": 0, "fp32_cosine": _round(row.get("fp32_cosine"), 6), "int8": _round(row.get("int8"), 4),
+             "size_bytes": row.get("size_bytes"), "fp32_size_bytes": row.get("fp32_size_bytes"),
+             "int8_p50_over_fp32": _round(1.0 / row["speedup"], 3) if row.get("speedup") else None,
+             "seconds": row.get("seconds")}
+    peers = {name: ({"int8": _round(p["score"], 4), "size_bytes": p.get("size_bytes"), "seconds": p.get("seconds")}
+                    if p.get("score") is not None else {"error": p.get("error", "")[:200]})
+             for name, p in (row.get("peers") or {}).items()}
+    if peers:
+        entry["peers"] = peers
+        scored = {n: p["int8"] for n, p in peers.items() if "int8" in p}
+        if scored:
+            best = max(scored, key=scored.get)
+            entry["best_peer"] = {"name": best, "int8": scored[best]}
+    return entry
+
+
+def _round(value, digits):
+    return None if value is None else round(float(value), digits)
+
+
+def write(rows: list[dict[str, Any]], cases: dict[str, Any], machine: str) -> Path:
+    data = load()
+    data.setdefault("models", {})
+    data["version"] = 1
+    data["measured_on"] = machine
+    data["score"] = "top-1 agreement with the float model for classifiers, else the cosine of all outputs"
+    for row in rows:
+        case = cases[row["case"]]
+        model = data["models"].setdefault(case.id, {})
+        model.update({"package": case.package, "file": case.member, "what": case.what, "traits": list(case.traits),
+                      "task": case.task, "samples": {"calibration": case.calib_samples,
+                                                     "validation": case.val_samples}})
+        model.setdefault("targets", {})[row["target"]] = cell_entry(row)
+    PATH.write_text("# Written by `python -m tests.conformance.runner --write`; the tests read it.\n"
+                    + yaml.safe_dump(data, sort_keys=False, width=110), encoding="utf-8")
+    return PATH
