@@ -9,6 +9,8 @@ selected rows are read, one at a time.
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,6 +25,8 @@ from edgeopt.model import TensorSpec
 
 LABELS = "labels"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm"}
+_NOT_REGULAR = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
 
 
 @dataclass(frozen=True)
@@ -267,8 +271,8 @@ def open_data(path: Path | str, inputs: Sequence[TensorSpec], images: ImageOptio
         raise InputRejected(f"The {role} data '{path}' does not exist.",
                             hint="Pass an .npz file, a folder of .npy files, or a folder of images.")
     if path.is_dir():
-        source = _open_folder(path, inputs, images or ImageOptions())
-    elif zipfile.is_zipfile(path):
+        source = _open_folder(path, inputs, images or ImageOptions(), role)
+    elif zipfile.is_zipfile(require_regular_file(path, role)):  # is_zipfile opens the path
         source = _open_npz(path, inputs)
     elif path.suffix == ".npy":
         source = DataSource(path, {_single_input(inputs, path).name: _NpyColumn(path)}, None)
@@ -285,6 +289,27 @@ def open_data(path: Path | str, inputs: Sequence[TensorSpec], images: ImageOptio
                             "expected class indices (integers) or one-hot numbers.",
                             hint="Save labels as numpy.int64, e.g. numpy.savez(path, ..., labels=y.astype('int64')).")
     return source
+
+
+def require_regular_file(path: Path, role: str) -> Path:
+    """``path``, once known to be a regular file (links followed), found without opening it.
+
+    Opening a named pipe waits for a writer forever, and a device or socket yields endless or no
+    bytes, so every data file passes through here before numpy, zipfile or Pillow touches it."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:  # a dangling link, or no permission to look
+        raise InputRejected(f"The {role} data file '{path}' cannot be read: {exc.strerror}.",
+                            hint="Point at an existing regular file, or remove the broken entry.") from None
+    if stat.S_ISREG(mode):
+        return path
+    kind = next((name for test, name in _NOT_REGULAR if test(mode)), "not a regular file")
+    via = f" (a link to '{os.path.realpath(path)}')" if path.is_symlink() else ""
+    raise InputRejected(
+        f"The {role} data file '{path}'{via} is {kind}; edgeopt reads only regular files.",
+        hint="Copy the data into a regular file (an .npz, an .npy or an image), or move this entry out of "
+             "the data folder.",
+    )
 
 
 def _single_input(inputs: Sequence[TensorSpec], path: Path) -> TensorSpec:
@@ -321,9 +346,11 @@ def _open_npz(path: Path, inputs: Sequence[TensorSpec]) -> DataSource:
     return DataSource(path, _match_columns(path, columns, inputs), labels)
 
 
-def _open_folder(path: Path, inputs: Sequence[TensorSpec], images: ImageOptions) -> DataSource:
-    npys = sorted(p for p in path.iterdir() if p.suffix == ".npy")
-    pictures = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+def _open_folder(path: Path, inputs: Sequence[TensorSpec], images: ImageOptions, role: str) -> DataSource:
+    npys = [require_regular_file(p, role) for p in sorted(path.iterdir()) if p.suffix == ".npy"]
+    # Images are read only when there are no .npy files, so only then are they checked.
+    pictures = [] if npys else [require_regular_file(p, role) for p in sorted(path.rglob("*"))
+                                if p.suffix.lower() in IMAGE_SUFFIXES]
     if npys:
         by_name = {p.stem: p for p in npys}
         labels = _NpyColumn(by_name.pop(LABELS)) if LABELS in by_name else None
@@ -338,7 +365,7 @@ def _open_folder(path: Path, inputs: Sequence[TensorSpec], images: ImageOptions)
         return DataSource(path, {spec.name: _SampleFiles(str(path), files, loader, shape, first.dtype)}, labels)
     if pictures:
         spec = _single_input(inputs, path)
-        loader, shape = _image_loader(spec, images, path)
+        loader, shape = _image_loader(spec, images, path, pictures[0])
         return DataSource(path, {spec.name: _SampleFiles(str(path), pictures, loader, shape, np.float32)}, None)
     raise InputRejected(f"The folder '{path}' holds no .npy files and no images.")
 
@@ -357,7 +384,7 @@ def _per_sample_npy_loader(first_shape: tuple[int, ...], spec: TensorSpec):
     return load
 
 
-def _image_loader(spec: TensorSpec, opts: ImageOptions, folder: Path):
+def _image_loader(spec: TensorSpec, opts: ImageOptions, folder: Path, first: Path):
     from edgeopt.deps import require
 
     image_module = require("PIL.Image", "Reading a folder of images")
@@ -390,7 +417,7 @@ def _image_loader(spec: TensorSpec, opts: ImageOptions, folder: Path):
         pixels = (pixels - mean) / std
         return pixels.transpose(2, 0, 1) if layout == "nchw" else pixels
 
-    shape = load(next(iter(sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)))).shape
+    shape = load(first).shape
     return load, shape
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeopt.calibration import require_regular_file
 from edgeopt.deps import require
 from edgeopt.errors import InputRejected, UnsafeModel, UsageError
 from edgeopt.formats import ZIP_ERRORS, ZIP_MAGIC, check_zip
@@ -318,6 +319,8 @@ def _input_specs(names: list[str], shapes: dict[str, tuple[int, ...]] | None, ca
 def peek_arrays(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Per-sample shape and dtype of each array in calibration data, read from headers only."""
     arrays: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    if path.exists() and not path.is_dir():
+        require_regular_file(path, "calibration")
     if path.is_file() and zipfile.is_zipfile(path):
         try:
             with zipfile.ZipFile(path) as zf:
@@ -333,7 +336,7 @@ def peek_arrays(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     elif path.is_dir():
         for file in sorted(path.glob("*.npy")):
             if file.stem != "labels":
-                with file.open("rb") as fh:
+                with require_regular_file(file, "calibration").open("rb") as fh:
                     arrays[file.stem] = _npy_header(fh, str(file))
     if not arrays:
         raise UsageError(f"Cannot read input shapes from the calibration data '{path}' (images or no arrays).",

@@ -8,15 +8,19 @@ machine does not fail a build on its own.
 from __future__ import annotations
 
 import json
+import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgeopt.errors import InputRejected, UsageError
-from edgeopt.report import markdown_table
+from edgeopt.report import SCHEMA_VERSION, markdown_table
 
 TOLERANCE = 1e-9  # float round-off must not turn "exactly at the threshold" into a failure
+# The report's stable keys stay from one version to the next (report.py), so every version up to
+# this edgeopt's own can be gated; a newer one may mean something this edgeopt cannot know.
+READABLE_SCHEMA_VERSIONS = tuple(range(1, SCHEMA_VERSION + 1))
 
 
 @dataclass(frozen=True)
@@ -56,12 +60,48 @@ def load_report(path: Path | str) -> dict[str, Any]:
         report = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputRejected(f"The report '{path}' does not exist.") from None
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise InputRejected(f"'{path}' is not a JSON report: {exc}.",
                             hint="Pass a report.json written by edgeopt compress or validate.") from None
     if not isinstance(report, dict) or "artifacts" not in report or "schema_version" not in report:
         raise InputRejected(f"'{path}' is JSON but not an edgeopt report (no schema_version/artifacts).")
+    version = report["schema_version"]
+    # bool is an int in Python; `true` is not a version.
+    if type(version) is not int or version not in READABLE_SCHEMA_VERSIONS:
+        readable = ", ".join(map(str, READABLE_SCHEMA_VERSIONS))
+        raise InputRejected(f"'{path}' has schema_version {json.dumps(version)}; this edgeopt reads "
+                            f"schema_version {readable}.",
+                            hint="Gate reports written by this edgeopt version or an older one; upgrade edgeopt "
+                                 "to read newer reports.")
+    if not isinstance(report["artifacts"], list) or not all(isinstance(a, dict) for a in report["artifacts"]):
+        raise InputRejected(f"'{path}' has an 'artifacts' field that is not a list of objects.",
+                            hint="Pass a report.json written by edgeopt compress or validate.")
+    bad = _non_finite(report)
+    if bad is not None:
+        field, value = bad
+        token = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+        raise InputRejected(f"'{path}' has {field} = {token}; expected a finite number (or null for a metric "
+                            "that was not measured).",
+                            hint="edgeopt never writes NaN or Infinity; regenerate the report with edgeopt "
+                                 "compress or validate.")
     return report
+
+
+def _non_finite(report: dict) -> tuple[str, float] | None:
+    """The first NaN or ±Inf in ``report`` and where it is. Python's json accepts the NaN and
+    Infinity tokens, and reads 1e999 as Infinity; a comparison with NaN is always false, so such a
+    metric would pass or fail a check for no reason. A stack, not recursion: a deeply nested report
+    must not exhaust the recursion limit."""
+    pending: list[tuple[str, Any]] = [("", report)]
+    while pending:
+        where, value = pending.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return where, value
+        if isinstance(value, dict):
+            pending.extend((f"{where}.{k}" if where else str(k), v) for k, v in reversed(value.items()))
+        elif isinstance(value, list):
+            pending.extend((f"{where}[{i}]", v) for i, v in reversed(list(enumerate(value))))
+    return None
 
 
 def _key(artifact: dict) -> str:

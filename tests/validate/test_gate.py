@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
-from edgeopt.errors import UsageError
+from edgeopt.errors import InputRejected, UsageError
+from edgeopt.report import SCHEMA_VERSION
 from edgeopt.validate import gate as g
 
 
@@ -94,11 +96,12 @@ def test_junit_parses_with_a_junit_parser(tmp_path):
 
 
 def _cli(tmp_path, base, cand, *flags):
-    (tmp_path / "base.json").write_text(json.dumps(base))
-    (tmp_path / "cand.json").write_text(json.dumps(cand))
+    # A dict is written as JSON; a str as is (json.dumps cannot write 1e999).
+    (tmp_path / "base.json").write_text(base if isinstance(base, str) else json.dumps(base))
+    (tmp_path / "cand.json").write_text(cand if isinstance(cand, str) else json.dumps(cand))
     return subprocess.run([sys.executable, "-m", "edgeopt.cli", "gate", str(tmp_path / "cand.json"),
                            "--baseline", str(tmp_path / "base.json"), *flags],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "300"})
 
 
 def test_cli_exit_codes_and_markdown(tmp_path):
@@ -115,3 +118,85 @@ def test_cli_exit_codes_and_markdown(tmp_path):
     del broken["schema_version"]
     unreadable = _cli(tmp_path, report(), broken, "--max-size", "10")
     assert unreadable.returncode == 3
+
+
+def _refused(proc, *phrases):
+    """Exit 3 with every phrase in the error, and no check run: no table, no pass, no FAIL."""
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 3, output
+    message = " ".join(proc.stderr.split())
+    for phrase in phrases:
+        assert phrase in message, f"{phrase!r} not in:\n{proc.stderr}"
+    assert "Traceback" not in output and "FAIL" not in output and "passed" not in output, output
+    assert "edgeopt gate" not in proc.stdout, output  # the table of checks
+
+
+@pytest.mark.parametrize("side", ["baseline", "candidate"])
+def test_cli_refuses_nan_metrics_and_an_unknown_schema_version(tmp_path, side):
+    # The report that once printed "FAIL ... +nan points" and exited 1.
+    broken = report()
+    broken["schema_version"] = 999
+    broken["artifacts"][0]["fidelity"]["cosine"] = float("nan")
+    base, cand = (broken, report()) if side == "baseline" else (report(), broken)
+    proc = _cli(tmp_path, base, cand, "--max-fidelity-drop", "1", "--max-accuracy-drop", "1")
+    name = "base.json" if side == "baseline" else "cand.json"
+    _refused(proc, f"{name}' has schema_version 999", f"reads schema_version {SCHEMA_VERSION}")
+
+    broken["schema_version"] = SCHEMA_VERSION
+    base, cand = (broken, report()) if side == "baseline" else (report(), broken)
+    proc = _cli(tmp_path, base, cand, "--max-fidelity-drop", "1")
+    _refused(proc, f"{name}' has artifacts[0].fidelity.cosine = NaN", "expected a finite number")
+
+
+@pytest.mark.parametrize("side", ["baseline", "candidate"])
+@pytest.mark.parametrize("written, field, shown", [
+    ('"top1": Infinity', "artifacts[0].accuracy.top1", "Infinity"),
+    ('"sqnr_db": -Infinity', "artifacts[0].fidelity.sqnr_db", "-Infinity"),
+    ('"p50": 1e999', "artifacts[0].latency_ms.p50", "Infinity"),  # json reads an overflow as inf
+])
+def test_cli_refuses_infinite_numbers(tmp_path, side, written, field, shown):
+    good = json.dumps(report())
+    original = {"top1": '"top1": 0.95', "sqnr_db": '"sqnr_db": 30.0', "p50": '"p50": 10.0'}[field.rsplit(".", 1)[1]]
+    bad = good.replace(original, written)
+    assert bad != good
+    base, cand = (bad, good) if side == "baseline" else (good, bad)
+    proc = _cli(tmp_path, base, cand, "--max-size", "2000")  # a check that reads none of these fields
+    name = "base.json" if side == "baseline" else "cand.json"
+    _refused(proc, f"{name}' has {field} = {shown};")
+
+
+@pytest.mark.parametrize("version", [999, SCHEMA_VERSION + 1, 0, -1, "1", True, 1.0, None])
+def test_unknown_or_malformed_schema_versions_are_refused(tmp_path, version):
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps({**report(), "schema_version": version}))
+    with pytest.raises(InputRejected) as info:
+        g.load_report(path)
+    assert str(path) in info.value.message
+    assert f"schema_version {json.dumps(version)};" in info.value.message
+    assert f"reads schema_version {SCHEMA_VERSION}" in info.value.message
+
+
+def test_every_readable_schema_version_and_null_metrics_are_accepted(tmp_path):
+    path = tmp_path / "report.json"
+    assert SCHEMA_VERSION in g.READABLE_SCHEMA_VERSIONS
+    for version in g.READABLE_SCHEMA_VERSIONS:
+        unmeasured = report()
+        unmeasured["schema_version"] = version
+        unmeasured["artifacts"][0]["fidelity"]["sqnr_db"] = None  # how edgeopt writes an exact match
+        path.write_text(json.dumps(unmeasured))
+        assert g.load_report(path) == unmeasured
+
+
+def test_non_finite_numbers_outside_artifacts_and_in_lists_are_named(tmp_path):
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps({**report(), "reference": {"latency_ms": {"samples": [1.0, 2.0, float("inf")]}}}))
+    with pytest.raises(InputRejected, match=r"reference\.latency_ms\.samples\[2\] = Infinity"):
+        g.load_report(path)
+
+
+def test_artifacts_that_are_not_a_list_of_objects_are_refused(tmp_path):
+    path = tmp_path / "report.json"
+    for artifacts in (5, {"target": "tflite"}, [1, 2]):
+        path.write_text(json.dumps({"schema_version": SCHEMA_VERSION, "artifacts": artifacts}))
+        with pytest.raises(InputRejected, match="'artifacts' field that is not a list of objects"):
+            g.load_report(path)
