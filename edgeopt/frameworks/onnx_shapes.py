@@ -13,12 +13,14 @@ from typing import Any
 
 from edgeopt.errors import UsageError
 
+BARE = "input"  # the key the CLI gives a shape passed without a name
 SHAPE_HINT = "Pass --input-shape NAME=1,3,320,320 (or NAME:1x3x320x320), one per input, batch first."
 
 
 def resolve_names(shapes: dict[str, tuple[int, ...]], names: list[str], path: Path) -> dict[str, tuple[int, ...]]:
-    """``shapes`` keyed by the model's own input names; a single bare shape names the only input."""
-    if len(shapes) == 1 and len(names) == 1 and next(iter(shapes)) not in names:
+    """``shapes`` keyed by the model's own input names; a single bare shape (the CLI keys it
+    "input") names the only input."""
+    if list(shapes) == [BARE] and len(names) == 1:
         return {names[0]: next(iter(shapes.values()))}
     unknown = sorted(set(shapes) - set(names))
     if unknown:

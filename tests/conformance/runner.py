@@ -95,6 +95,10 @@ def peer_defaults(case: zoo.Case, target: str, work: Path, calib: Path, val: Pat
     names = source.handle.input_names
     rows = [arrays[n] for n in names]
     example = tuple(a[:1] for a in rows)
+    if case.kind in ("torch_module", "torchscript"):
+        import torch
+
+        example = tuple(torch.from_numpy(a) for a in example)
     keras_path = Path(case.model_args()[0]) if case.kind in ("keras", "keras3") else None
     module = source.native if case.kind in ("torch_module", "torchscript") else None
     onnx_path = Path(case.model_args()[0]) if case.kind == "onnx" else fp32_onnx

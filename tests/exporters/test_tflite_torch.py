@@ -117,3 +117,52 @@ def test_tensor_names_are_compacted_and_outputs_unchanged(torch_model, nchw_cali
     feed = tiny_models.random_feed("residual", VAL, seed=7)
     np.testing.assert_array_equal(run_tflite(result.path, _by_position(result.path, feed)),
                                   run_tflite(raw, _by_position(raw, feed)))
+
+
+UPSAMPLER = '''
+import torch
+from torch import nn
+
+
+class Upsampler(nn.Module):
+    """A DB-head-like tail: conv, then a transposed conv with a bias, then a sigmoid map."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.up = nn.ConvTranspose2d(8, 4, 2, stride=2)
+
+    def forward(self, x):
+        return torch.sigmoid(self.up(torch.relu(self.conv(x))))
+
+
+def build():
+    torch.manual_seed(0)
+    return Upsampler()
+'''
+
+
+def test_transposed_conv_bias_quantizes_to_a_loadable_model(tmp_path):
+    """litert-torch writes the transposed conv's bias as [1,1,1,C]; quantized as it is, LiteRT
+    refuses the file ('num_scales must be 1 ... got C')."""
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    from edgeopt.frameworks import torch as torch_loader
+
+    (tmp_path / "up.py").write_text(UPSAMPLER)
+    source = torch_loader.load(f"{tmp_path / 'up.py'}:build", Format.TORCH_MODULE, input_shapes={"x": (1, 3, 16, 16)})
+    feed = {"x": np.random.default_rng(0).random((24, 3, 16, 16), dtype=np.float32)}
+    np.savez(tmp_path / "calib.npz", **feed)
+    calib = tiny_models.calib_subset(tmp_path / "calib.npz", source.handle.inputs, samples=24)
+    result = tflite_torch.export_torch(source, tmp_path / "up.tflite", precision="int8", calib=calib)
+    Interpreter(model_path=str(result.path)).allocate_tensors()  # raised before the fix
+    model = flatbuffer_utils.read_model(str(result.path))
+    graph = model.subgraphs[0]
+    biased = [op for op in graph.operators if len(op.inputs) > 3]  # TRANSPOSE_CONV's bias is its 4th input
+    assert biased and all(len(graph.tensors[op.inputs[3]].shape) == 1 for op in biased)
+    note = next(n for n in result.notes if "activation ranges" in n)
+    assert "chosen over" in note and "cosine" in note  # a map, not a classifier: judged by cosine
+    got = run_tflite(result.path, {"x": np.ascontiguousarray(feed["x"][:8].transpose(0, 2, 3, 1))})
+    want = source.predict({"x": feed["x"][:8]})[0].transpose(0, 2, 3, 1)
+    assert tiny_models.cosine(got, want) >= INT8_MIN_COSINE
