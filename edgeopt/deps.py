@@ -36,6 +36,14 @@ OPTIONAL = {
 _QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow", "GRPC_VERBOSITY": "ERROR"}
 
 
+# TensorFlow 2.21's oneDNN custom ops corrupt the heap ("malloc(): unaligned tcache chunk
+# detected", SIGABRT) when a GradientTape trains a SeparableConv2D + BatchNorm + residual model on
+# Intel CPUs with AMX, as distillation does; with them off the same training is clean. TensorFlow
+# reads the switch once, while it is first imported, so it is set before any import of it (and of
+# Keras, tf2onnx or LiteRT's converters, which import it). A user who sets it keeps their value.
+_SAFE_ENV = {"TF_ENABLE_ONEDNN_OPTS": "0"}
+
+
 # Frameworks whose C++ side writes to stderr on import, past Python's control.
 _NOISY = {"tensorflow", "keras", "tf2onnx", "ai_edge_litert", "litert_torch", "ai_edge_quantizer"}
 
@@ -79,9 +87,32 @@ def quiet_stderr() -> Iterator[None]:
         os.close(saved)
 
 
+# Where framework warnings are raised from. A warning raised with stacklevel > 1 is attributed to
+# its caller, which is edgeopt's own code (edgeopt itself never warns through ``warnings``: its
+# warnings go into the report), or importlib for warnings raised while a framework is imported.
+_WARNING_SOURCES = (*OPTIONAL, "edgeopt", "absl", "google", "jax", "ml_dtypes", "numpy", "scipy", "sklearn",
+                    "torchvision", "onnxconverter_common", "flatbuffers", "importlib")
+# Categories that speak to the authors of the code, never to a user of the command.
+_DEVELOPER_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning, ImportWarning,
+                       ResourceWarning)
+
+
+def quiet_warnings() -> None:
+    """Keep frameworks' Python warnings (Keras' "The structure of `inputs` doesn't match", converter
+    deprecations) out of the terminal of a command run without --debug. Process-wide, so for
+    the command line only: the Python API leaves the caller's warning filters alone."""
+    import re
+    import warnings
+
+    sources = "|".join(re.escape(name) for name in _WARNING_SOURCES)
+    warnings.filterwarnings("ignore", module=rf"({sources})(\.|$)")
+    for category in _DEVELOPER_WARNINGS:
+        warnings.filterwarnings("ignore", category=category)
+
+
 def require(module: str, purpose: str) -> ModuleType:
     """Import ``module`` or raise MissingDependency naming the extra to install."""
-    for key, value in _QUIET_ENV.items():
+    for key, value in {**_QUIET_ENV, **_SAFE_ENV}.items():
         os.environ.setdefault(key, value)
     try:
         top = module.split(".")[0]

@@ -23,6 +23,19 @@ class EdgeoptError(Exception):
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
 
+    def __reduce__(self):
+        # The command line runs its jobs in a child process (edgeopt.supervisor), whose errors
+        # must reach it as they were raised: same class, message, hint and data (BudgetMissed's
+        # result), whatever arguments a subclass's __init__ takes.
+        return _rebuild, (type(self), self.args, self.__dict__)
+
+
+def _rebuild(cls: type[EdgeoptError], args: tuple, state: dict) -> EdgeoptError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
 
 class GateFailed(EdgeoptError):
     """A measured result broke a budget or a regression limit."""
@@ -59,6 +72,13 @@ class UnsafeModel(InputRejected):
 
 class ConversionError(EdgeoptError):
     """An op is unsupported or a conversion failed or diverged from the source."""
+
+    exit_code = 4
+
+
+class Crashed(EdgeoptError):
+    """The process doing the work died without a result: a native crash in a framework, most often.
+    Said by the command line's supervisor (edgeopt.supervisor), naming the step and the model."""
 
     exit_code = 4
 

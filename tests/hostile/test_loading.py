@@ -74,12 +74,21 @@ def test_hostile_file_in_a_real_process(case, workspace, assets):
     (lambda cmd, timeout: subprocess.CompletedProcess(cmd, -11, "", "Segmentation fault"), "failed reading it"),
 ], ids=["hang", "crash"])
 def test_hdf5_reader_that_hangs_or_crashes_is_exit_3(failure, words, workspace, assets, monkeypatch):
+    import edgeopt
+    from edgeopt.errors import InputRejected
     from edgeopt.frameworks import h5probe
 
+    model = assets.keras()  # first: building it imports Keras, which runs subprocesses of its own
     monkeypatch.setattr(h5probe.subprocess, "run", lambda cmd, timeout, **_: failure(cmd, timeout))
     before = snapshot(workspace)
-    outcome = cli("compress", assets.keras(), "-o", workspace / "out", "-q")
-    assert_outcome(outcome, 3, "Cannot read", "as HDF5", words)
+    # Through the API, which loads the model in this process, where the failing reader is in place:
+    # the command loads it in a child process (an InputRejected from there keeps exit 3: test_supervisor.py).
+    with pytest.raises(InputRejected) as refused:
+        edgeopt.compress(model, output=workspace / "out")
+    assert refused.value.exit_code == 3
+    message = " ".join(str(refused.value).split())
+    for phrase in ("Cannot read", "as HDF5", words):
+        assert phrase in message, message
     assert snapshot(workspace) == before
 
 
