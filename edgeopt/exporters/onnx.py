@@ -215,6 +215,9 @@ def _finish(proto: Any, source: LoadedModel, out: Path, *, precision: str, calib
             int8_io: bool, quant: QuantSettings, key: str) -> ExportResult:
     onnx = require("onnx", "Writing ONNX models")
     notes = [INT8_IO_NOTE] if int8_io else []
+    # Absolute: quantization runs from inside the temporary folder (_working_dir), where a path
+    # relative to the user's folder (-o out) would point nowhere.
+    out = out.resolve()
     with tempfile.TemporaryDirectory(prefix=".edgeopt-onnx-", dir=out.parent) as tmp:
         float_path = Path(tmp) / "float.onnx"
         _save(onnx, proto, float_path, source)

@@ -3,6 +3,8 @@ structure of the artifact (Q/DQ nodes, int8 weights, fp16 weights, float I/O).""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -245,3 +247,14 @@ def test_already_quantized_source_is_copied_not_requantized(onnx_source, nchw_ca
 def test_float_compute_nodes_are_reported(onnx_model):
     model = onnx.load(str(onnx_model("residual")))
     assert onnx_export.float_compute_nodes(model) == ["Conv 'conv1'", "Conv 'conv2'", "Gemm 'logits'"]
+
+
+def test_int8_to_a_relative_output_path(onnx_source, nchw_calib, tmp_path, monkeypatch):
+    """Quantization runs inside a temporary folder; a relative -o must still land where it says."""
+    source = onnx_source("residual")
+    calib = tiny_models.calib_subset(nchw_calib("residual"), source.handle.inputs)
+    (tmp_path / "out").mkdir()
+    monkeypatch.chdir(tmp_path)
+    result = onnx_export.export_onnx(source, Path("out") / "m.onnx", precision="int8", calib=calib)
+    assert (tmp_path / "out" / "m.onnx").is_file() and result.path == tmp_path / "out" / "m.onnx"
+    assert_qdq_int8(result.path)
