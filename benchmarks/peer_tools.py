@@ -138,6 +138,8 @@ def nncf_quantize(source: Source, calib: list[np.ndarray], out: Path) -> list[Pa
             saved = Path(tmp) / "saved_model"
             keras.models.load_model(source.keras_path, compile=False).export(str(saved), verbose=False)
             model = ov.convert_model(str(saved), input=shapes)
+        elif source.module is None:  # an ONNX source: OpenVINO reads the file itself
+            model = ov.convert_model(str(source.fp32_onnx), input=shapes)
         else:
             model = ov.convert_model(source.module, example_input=source.example, input=shapes)
         dataset = nncf.Dataset(list(_rows(calib)), lambda row: row if len(row) > 1 else row[0])

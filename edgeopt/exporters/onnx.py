@@ -29,6 +29,7 @@ import numpy as np
 from edgeopt.calibration import Subset
 from edgeopt.deps import quiet_stderr, require
 from edgeopt.errors import ConversionError
+from edgeopt.exporters import onnx_granularity as granularity
 from edgeopt.exporters.base import (DEFAULT_QUANT, ExportResult, Layer, QuantSettings, check_quant,
                                     conversion_failure, layer_label, source_layer_names)
 from edgeopt.frameworks.base import LoadedModel
@@ -235,7 +236,19 @@ def _finish(proto: Any, source: LoadedModel, out: Path, *, precision: str, calib
             _quantize_dynamic(float_path, out, source)
             return ExportResult(out, "int8-dynamic", notes)
         check_quant(key, quant, keep_float=bool(quant.keep_float))
-        quantized = _quantize_static(float_path, Path(tmp), out, source, calib, quant)
+        if quant.per_channel and not quant.keep_float:
+            # The plain int8 model picks its weight granularity by measurement; the budget search's
+            # trials (layers in float) keep per-channel, so that they differ in one thing only.
+            graph = onnx.load(str(float_path), load_external_data=False).graph
+            weights = {t.name for t in graph.initializer}
+            names = [v.name for v in graph.input if v.name not in weights]
+            pairs = list(zip(names, match_inputs(names, source.handle.input_names)))
+            quantized, note = granularity.choose(
+                lambda path, settings: _quantize_static(float_path, Path(tmp), path, source, calib, settings),
+                float_path, out, calib, quant, pairs)
+            notes.append(note)
+        else:
+            quantized = _quantize_static(float_path, Path(tmp), out, source, calib, quant)
     kept = set(quant.keep_float)
     floats = [f for f in float_compute_nodes(quantized) if f.split("'")[1] not in kept]
     if kept:

@@ -39,9 +39,16 @@ def cell_entry(row: dict[str, Any]) -> dict[str, Any]:
              "size_bytes": row.get("size_bytes"), "fp32_size_bytes": row.get("fp32_size_bytes"),
              "int8_p50_over_fp32": _round(1.0 / row["speedup"], 3) if row.get("speedup") else None,
              "seconds": row.get("seconds")}
+    entry.update(peer_entries(row.get("peers") or {}))
+    return entry
+
+
+def peer_entries(found: dict[str, Any]) -> dict[str, Any]:
+    """``peers`` and ``best_peer`` from what the runner measured of each peer."""
+    entry: dict[str, Any] = {}
     peers = {name: ({"int8": _round(p["score"], 4), "size_bytes": p.get("size_bytes"), "seconds": p.get("seconds")}
                     if p.get("score") is not None else {"error": p.get("error", "")[:200]})
-             for name, p in (row.get("peers") or {}).items()}
+             for name, p in found.items()}
     if peers:
         entry["peers"] = peers
         scored = {n: p["int8"] for n, p in peers.items() if "int8" in p}
@@ -53,6 +60,16 @@ def cell_entry(row: dict[str, Any]) -> dict[str, Any]:
 
 def _round(value, digits):
     return None if value is None else round(float(value), digits)
+
+
+def update_peers(case, target: str, found: dict[str, Any]) -> None:
+    """Replace one cell's peer figures, keeping edgeopt's."""
+    data = load()
+    entry = data["models"][case.id]["targets"][target]
+    entry.pop("peers", None)
+    entry.pop("best_peer", None)
+    entry.update(peer_entries(found))
+    _dump(data)
 
 
 def write(rows: list[dict[str, Any]], cases: dict[str, Any], machine: str) -> Path:
@@ -67,7 +84,15 @@ def write(rows: list[dict[str, Any]], cases: dict[str, Any], machine: str) -> Pa
         model.update({"package": case.package, "file": case.member, "what": case.what, "traits": list(case.traits),
                       "task": case.task, "samples": {"calibration": case.calib_samples,
                                                      "validation": case.val_samples}})
-        model.setdefault("targets", {})[row["target"]] = cell_entry(row)
+        targets = model.setdefault("targets", {})
+        entry, before = cell_entry(row), targets.get(row["target"], {})
+        if "peers" not in entry and "peers" in before:  # a run without the peers keeps their figures
+            entry.update(peers=before["peers"], **({"best_peer": before["best_peer"]} if "best_peer" in before else {}))
+        targets[row["target"]] = entry
+    _dump(data)
+    return PATH
+
+
+def _dump(data: dict[str, Any]) -> None:
     PATH.write_text("# Written by `python -m tests.conformance.runner --write`; the tests read it.\n"
                     + yaml.safe_dump(data, sort_keys=False, width=110), encoding="utf-8")
-    return PATH

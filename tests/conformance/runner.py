@@ -9,6 +9,7 @@ with ``--write``, rewrites ``reference.yaml`` from what it measured.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -101,7 +102,9 @@ def peer_defaults(case: zoo.Case, target: str, work: Path, calib: Path, val: Pat
         example = tuple(torch.from_numpy(a) for a in example)
     keras_path = Path(case.model_args()[0]) if case.kind in ("keras", "keras3") else None
     module = source.native if case.kind in ("torch_module", "torchscript") else None
-    onnx_path = Path(case.model_args()[0]) if case.kind == "onnx" else fp32_onnx
+    # An ONNX source with free sizes goes to the peers with the sizes fixed to the data's, as their
+    # users fix them (onnxruntime's make_dim_param_fixed): their quantizers stop at free sizes.
+    onnx_path = _sized_onnx(case, source, rows, work) if case.kind == "onnx" else fp32_onnx
     peer_src = peer_tools.Source(keras_path=keras_path, module=module, example=example, fp32_onnx=onnx_path)
     recipes = {
         "tflite": ([("TFLite converter", peer_tools.tflite_converter)] if keras_path else
@@ -111,17 +114,48 @@ def peer_defaults(case: zoo.Case, target: str, work: Path, calib: Path, val: Pat
     }[target]
     found: dict[str, dict[str, Any]] = {}
     for name, recipe in recipes:
-        out = work / f"peer_{name.replace(' ', '_').replace('.', '_')}.{target if target != 'openvino' else 'xml'}"
-        started = time.perf_counter()
-        try:
-            paths = recipe(peer_src, rows, out)
-            fidelity = judge(source, target, paths[0], val, case.task)
-            found[name] = {"fidelity": fidelity, "score": score(fidelity, case.task),
-                           "size_bytes": sum(p.stat().st_size for p in paths),
-                           "seconds": round(time.perf_counter() - started, 1)}
-        except Exception as exc:  # a peer that fails on a real model is a finding, not a test error
-            found[name] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        with _inside(work):
+            found[name] = _peer(name, recipe, peer_src, rows, source, target, work, val, case)
     return found
+
+
+def _sized_onnx(case: zoo.Case, source, rows: list[np.ndarray], work: Path) -> Path:
+    import onnx
+
+    from edgeopt.frameworks.onnx_shapes import pin_inputs
+
+    path = Path(case.model_args()[0])
+    if all(d is not None for t in source.handle.inputs for d in t.shape):
+        return path
+    shapes = {t.name: (1, *a.shape[1:]) for t, a in zip(source.handle.inputs, rows)}
+    model, _ = pin_inputs(onnx, onnx.load(str(path)), shapes, path)
+    sized = work / f"{path.stem}_sized.onnx"
+    onnx.save(model, str(sized))
+    return sized
+
+
+@contextlib.contextmanager
+def _inside(folder: Path):
+    """onnxruntime's pre-processing drops its temporary files into the working folder."""
+    previous = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def _peer(name, recipe, peer_src, rows, source, target: str, work: Path, val: Path, case: zoo.Case) -> dict:
+    """One peer's default on the same samples, judged by the same evaluator."""
+    out = work / f"peer_{name.replace(' ', '_').replace('.', '_')}.{target if target != 'openvino' else 'xml'}"
+    started = time.perf_counter()
+    try:
+        paths = recipe(peer_src, rows, out)
+        fidelity = judge(source, target, paths[0], val, case.task)
+        return {"fidelity": fidelity, "score": score(fidelity, case.task),
+                "size_bytes": sum(p.stat().st_size for p in paths), "seconds": round(time.perf_counter() - started, 1)}
+    except Exception as exc:  # a peer that fails on a real model is a finding, not a test error
+        return {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
 
 
 def run(case: zoo.Case, target: str, work: Path, *, peers: bool = True) -> dict[str, Any]:
@@ -160,8 +194,10 @@ def _fp32_onnx(case: zoo.Case, work: Path, calib: Path) -> Path | None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("cases", nargs="*")
+    parser.add_argument("--ci-first", action="store_true", help="the cells make test runs first, then the rest")
     parser.add_argument("--targets", default=",".join(zoo.ALL_TARGETS))
     parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument("--peers-only", action="store_true", help="measure the peers again, keep edgeopt's figures")
     parser.add_argument("--work", default="/tmp/edgeopt-conformance")
     parser.add_argument("--json", default=None)
     parser.add_argument("--write", action="store_true", help="merge the figures into reference.yaml")
@@ -171,20 +207,31 @@ def main() -> None:
         _write_reference(json.loads(Path(args.from_json).read_text()))
         return
     rows = []
-    for case in [zoo.BY_ID[c] for c in args.cases] if args.cases else zoo.CASES:
-        for target in args.targets.split(","):
-            if target not in case.targets:
-                continue
-            row = run(case, target, Path(args.work) / case.id, peers=not args.no_peers)
-            rows.append(row)
-            peers = {k: (v.get("score") if "score" in v else v.get("error", "")[:60]) for k, v in row.get("peers", {}).items()}
-            print(f"{case.id:24} {target:9} rc={row['rc']} {row['seconds']:6.1f}s fp32cos={row.get('fp32_cosine')} "
-                  f"int8={row.get('int8')} peers={peers} speedup={row.get('speedup')} "
-                  f"{('ERR ' + row['error'][-300:]) if 'error' in row else ''}", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1, default=str))
-    if args.write:
-        _write_reference(rows)
+    chosen = [zoo.BY_ID[c] for c in args.cases] if args.cases else list(zoo.CASES)
+    cells = [(c, t) for c in chosen for t in args.targets.split(",") if t in c.targets]
+    if args.ci_first:
+        cells.sort(key=lambda cell: cell[1] not in cell[0].ci)
+    for case, target in cells:
+        if args.peers_only:
+            from tests.conformance import reference
+
+            work = Path(args.work) / case.id
+            calib, val = zoo.write_data(case, work / "data", calib=case.calib_samples, val=case.val_samples)
+            found = peer_defaults(case, target, work, calib, val, None)
+            reference.update_peers(case, target, found)
+            print(case.id, target, {k: v.get("score", v.get("error", "")[:80]) for k, v in found.items()}, flush=True)
+            continue
+        row = run(case, target, Path(args.work) / case.id, peers=not args.no_peers)
+        rows.append(row)
+        if args.json:  # after every cell, so that a long run stopped early keeps what it measured
+            Path(args.json).write_text(json.dumps(rows, indent=1, default=str))
+        if args.write:
+            _write_reference([row])
+        peers = {k: (v.get("score") if "score" in v else v.get("error", "")[:60])
+                 for k, v in row.get("peers", {}).items()}
+        print(f"{case.id:24} {target:9} rc={row['rc']} {row['seconds']:6.1f}s fp32cos={row.get('fp32_cosine')} "
+              f"int8={row.get('int8')} peers={peers} speedup={row.get('speedup')} "
+              f"{('ERR ' + row['error'][-300:]) if 'error' in row else ''}", flush=True)
 
 
 def _write_reference(rows: list[dict[str, Any]]) -> None:
@@ -194,7 +241,7 @@ def _write_reference(rows: list[dict[str, Any]]) -> None:
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
-    print("wrote", reference.write(rows, zoo.BY_ID, f"{cpu}, {os.cpu_count()} cores"))
+    reference.write(rows, zoo.BY_ID, f"{cpu}, {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":
