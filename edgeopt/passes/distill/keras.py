@@ -29,6 +29,9 @@ def distill(teacher, student, train: dict[str, np.ndarray], held: dict[str, np.n
     tf = require("tensorflow", "Distillation of Keras models")
     keras = require("keras", "Distillation of Keras models")
     keras.utils.set_random_seed(settings.seed)
+    # Reductions split across threads sum in whatever order the threads finish; with deterministic
+    # ops the same seed gives the same student however loaded the machine is.
+    tf.config.experimental.enable_op_determinism()
     names = [t.name for t in teacher.inputs]
     count = len(train[names[0]])
     teacher_train = _predict(teacher, train, names)

@@ -16,6 +16,11 @@ def run(model: KerasModel, config, ctx: PassContext) -> PassResult:
                                  exclude_first=config.exclude_first_last, criterion=config.criterion)
         p = plan(model.native, cfg)
         if p.keep:
+            # The pruned model is built anew from its config: its dropout and noise layers draw
+            # their seeds when built, so seed them here, or fine-tuning differs from run to run.
+            import keras
+
+            keras.utils.set_random_seed(ctx.seed)
             pruned = apply(model.native, p)
         else:
             pruned = model.native
