@@ -16,6 +16,7 @@ import contextlib
 import io
 import logging
 import tempfile
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -73,12 +74,7 @@ def _export_quietly(convert: Callable[[Any, LoadedModel, Path], Any], source: Lo
     notes = [INT8_IO_NOTE] if int8_io else []
     label = label or precision
     with tempfile.TemporaryDirectory(prefix=".edgeopt-ov-", dir=out.parent) as tmp:
-        try:
-            with contextlib.redirect_stdout(io.StringIO()), quiet_stderr():
-                model = convert(ov, source, Path(tmp))
-        except Exception as exc:
-            raise conversion_failure("openvino.convert_model", source.handle.path, exc) from exc
-        _static_batch(ov, model, source)
+        model = _converted(ov, convert, source, Path(tmp))
         if precision == "int8" and calib is not None:
             check_quant(key, quant, keep_float=bool(quant.keep_float))
             model = _quantize(model, source, calib, quant)
@@ -95,6 +91,28 @@ def _export_quietly(convert: Callable[[Any, LoadedModel, Path], Any], source: Lo
         except Exception as exc:
             raise conversion_failure("openvino.save_model", source.handle.path, exc) from exc
     return ExportResult(xml, label, notes, extra_files=[xml.with_suffix(".bin")], float_fallback=bool(quant.keep_float))
+
+
+# OpenVINO numbers the nodes it creates from a counter that runs on across conversions
+# ('Multiply_20939'): names taken from one conversion (the layers the budget search keeps in float,
+# NNCF's ignored_scope) match nothing in the next. Sources whose conversion reads nothing from a
+# temporary folder are converted once per run and each export quantizes a clone.
+_CONVERTED: weakref.WeakKeyDictionary[LoadedModel, Any] = weakref.WeakKeyDictionary()
+
+
+def _converted(ov: Any, convert: Callable[[Any, LoadedModel, Path], Any], source: LoadedModel, tmp: Path) -> Any:
+    cached = _CONVERTED.get(source)
+    if cached is not None:
+        return cached.clone()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), quiet_stderr():
+            model = convert(ov, source, tmp)
+    except Exception as exc:
+        raise conversion_failure("openvino.convert_model", source.handle.path, exc) from exc
+    _static_batch(ov, model, source)
+    if convert in (_from_file, _from_torch):
+        _CONVERTED[source] = model.clone()
+    return model
 
 
 def _from_file(ov: Any, source: LoadedModel, tmp: Path) -> Any:
