@@ -9,12 +9,14 @@ are removed, and their half-done commits undone, by the next run.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from edgeopt.errors import EnvironmentProblem, UsageError
@@ -248,3 +250,15 @@ def _as_environment_problem(exc: OSError, out_dir: Path) -> EnvironmentProblem:
                                   "earlier outputs there are untouched.",
                                   hint="Free some space or choose another -o/--output folder, then run again.")
     return EnvironmentProblem(f"Cannot write to '{out_dir}': {exc.strerror or exc}.")
+
+
+@contextlib.contextmanager
+def working_dir(folder: Path) -> Iterator[None]:
+    """Run the block from ``folder``: some tools drop temporary files into the working folder,
+    and the user's must stay clean."""
+    previous = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)

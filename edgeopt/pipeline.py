@@ -162,7 +162,9 @@ def _fix_sizes_for_tflite(config: recipe.CompressConfig, source: LoadedModel, da
         return source
     row = next(iter(data))
     shapes = {t.name: (1, *np.shape(row[t.name])[1:]) for t in source.handle.inputs}
-    fixed, _ = load_source(config.model, trust=config.trust_model, input_shapes=shapes)
+    from edgeopt.frameworks.onnx import with_input_shapes
+
+    fixed = with_input_shapes(source, shapes)
     sizes = ", ".join(f"'{t.name}' to {'x'.join(map(str, shapes[t.name]))}" for t in free)
     notes.append(f"TFLite models have fixed sizes: the free sizes of {sizes} were taken from the data; "
                  "--input-shape NAME=... chooses others.")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -35,6 +34,7 @@ from edgeopt.exporters.base import (DEFAULT_QUANT, ExportResult, Layer, QuantSet
 from edgeopt.frameworks.base import LoadedModel
 from edgeopt.model import Format
 from edgeopt.names import match_inputs
+from edgeopt.outputs import working_dir
 
 OPSET = 17
 # Ops whose second input is a weight: in a full QDQ model it comes from a DequantizeLinear.
@@ -216,9 +216,12 @@ def _finish(proto: Any, source: LoadedModel, out: Path, *, precision: str, calib
             int8_io: bool, quant: QuantSettings, key: str) -> ExportResult:
     onnx = require("onnx", "Writing ONNX models")
     notes = [INT8_IO_NOTE] if int8_io else []
-    # Absolute: quantization runs from inside the temporary folder (_working_dir), where a path
+    # Absolute: quantization runs from inside the temporary folder (working_dir), where a path
     # relative to the user's folder (-o out) would point nowhere.
     out = out.resolve()
+    if precision == "int8" and (quant.per_channel or calib is None):  # dynamic int8 is always per channel
+        proto, raised = _opset_for_int8(onnx, proto, source)
+        notes.extend(raised)
     with tempfile.TemporaryDirectory(prefix=".edgeopt-onnx-", dir=out.parent) as tmp:
         float_path = Path(tmp) / "float.onnx"
         _save(onnx, proto, float_path, source)
@@ -230,8 +233,6 @@ def _finish(proto: Any, source: LoadedModel, out: Path, *, precision: str, calib
             half = float16.convert_float_to_float16(onnx.load(str(float_path)), keep_io_types=True)
             _save(onnx, half, out, source)
             return ExportResult(out, "fp16", notes)
-        if quant.per_channel or calib is None:  # dynamic int8 is always per channel here
-            notes.extend(_opset_for_int8(onnx, float_path, source))
         if calib is None:
             _quantize_dynamic(float_path, out, source)
             return ExportResult(out, "int8-dynamic", notes)
@@ -239,9 +240,8 @@ def _finish(proto: Any, source: LoadedModel, out: Path, *, precision: str, calib
         if quant.per_channel and not quant.keep_float:
             # The plain int8 model picks its weight granularity by measurement; the budget search's
             # trials (layers in float) keep per-channel, so that they differ in one thing only.
-            graph = onnx.load(str(float_path), load_external_data=False).graph
-            weights = {t.name for t in graph.initializer}
-            names = [v.name for v in graph.input if v.name not in weights]
+            weights = {t.name for t in proto.graph.initializer}
+            names = [v.name for v in proto.graph.input if v.name not in weights]
             pairs = list(zip(names, match_inputs(names, source.handle.input_names)))
             quantized, note = granularity.choose(
                 lambda path, settings: _quantize_static(float_path, Path(tmp), path, source, calib, settings),
@@ -265,12 +265,11 @@ def _finish(proto: Any, source: LoadedModel, out: Path, *, precision: str, calib
 QDQ_AXIS_OPSET = 13
 
 
-def _opset_for_int8(onnx: Any, path: Path, source: LoadedModel) -> list[str]:
-    """Raise a float graph below opset 13 to 13, in place, so that its int8 form is valid ONNX."""
-    model = onnx.load(str(path))
+def _opset_for_int8(onnx: Any, model: Any, source: LoadedModel) -> tuple[Any, list[str]]:
+    """The float graph raised to opset 13 where it is below, so that its int8 form is valid ONNX."""
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), QDQ_AXIS_OPSET)
     if opset >= QDQ_AXIS_OPSET:
-        return []
+        return model, []
     try:
         upgraded = onnx.version_converter.convert_version(model, QDQ_AXIS_OPSET)
         onnx.checker.check_model(upgraded)
@@ -279,9 +278,8 @@ def _opset_for_int8(onnx: Any, path: Path, source: LoadedModel) -> list[str]:
             f"'{source.handle.path}' is at ONNX opset {opset}; its int8 form needs opset {QDQ_AXIS_OPSET} (per-channel "
             f"DequantizeLinear), and onnx.version_converter could not raise it: {str(exc).splitlines()[0][:300]}",
             hint="Re-export the model at opset 13 or later, or pass --per-tensor.") from exc
-    _save(onnx, upgraded, path, source)
-    return [f"'{source.handle.path.name}' was raised from ONNX opset {opset} to {QDQ_AXIS_OPSET} for its int8 form "
-            "(per-channel DequantizeLinear needs 13)."]
+    return upgraded, [f"'{source.handle.path.name}' was raised from ONNX opset {opset} to {QDQ_AXIS_OPSET} for its "
+                      "int8 form (per-channel DequantizeLinear needs 13)."]
 
 
 def _save(onnx: Any, proto: Any, path: Path, source: LoadedModel) -> None:
@@ -301,16 +299,6 @@ def _quantize_dynamic(float_path: Path, out: Path, source: LoadedModel) -> None:
         raise conversion_failure("onnxruntime quantize_dynamic", source.handle.path, exc) from exc
 
 
-@contextlib.contextmanager
-def _working_dir(folder: Path) -> Iterator[None]:
-    previous = Path.cwd()
-    os.chdir(folder)
-    try:
-        yield
-    finally:
-        os.chdir(previous)
-
-
 def _quantize_static(float_path: Path, tmp: Path, out: Path, source: LoadedModel, calib: Subset,
                      quant: QuantSettings) -> Any:
     """Write the int8 QDQ model to ``out``; returns it as a ModelProto."""
@@ -320,7 +308,7 @@ def _quantize_static(float_path: Path, tmp: Path, out: Path, source: LoadedModel
     prepared = tmp / "prepared.onnx"
     # When symbolic shape inference fails, onnxruntime saves its partial model into the current
     # folder (sym_shape_infer_temp.onnx and a data file); run it from the temporary folder instead.
-    with _working_dir(tmp):
+    with working_dir(tmp):
         try:
             with quiet_stderr():
                 shape_tools.quant_pre_process(str(float_path), str(prepared))

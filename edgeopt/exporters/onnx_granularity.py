@@ -5,8 +5,8 @@ models onnxruntime's per-channel QDQ can lose more than its per-tensor default: 
 YOLOX-style detector the output cosine was 0.985 per channel against 0.994 per tensor, and on a
 trained mini-Xception 0.938 against 0.957 top-1 agreement. Both are written (the calibration is
 cached, so the second costs one more quantization, not another calibration), both run on a few
-calibration samples next to the float graph, and the closer one is kept: top-1 agreement for
-classifier outputs, else the cosine of all outputs; a tie keeps per-channel.
+calibration samples next to the float graph, and the closer one is kept (``exporters.closest``);
+a tie keeps per-channel.
 """
 
 from __future__ import annotations
@@ -20,10 +20,8 @@ import numpy as np
 
 from edgeopt.calibration import Subset
 from edgeopt.deps import require
+from edgeopt.exporters import closest
 from edgeopt.exporters.base import QuantSettings
-from edgeopt.validate import fidelity as fid
-
-JUDGED_SAMPLES = 32
 
 
 def choose(quantize: Callable[[Path, QuantSettings], Any], float_path: Path, out: Path, calib: Subset,
@@ -33,28 +31,16 @@ def choose(quantize: Callable[[Path, QuantSettings], Any], float_path: Path, out
     for label, settings in (("per-channel", quant), ("per-tensor", replace(quant, per_channel=False))):
         path = out.with_name(f".{out.name}.{label}.onnx")
         tried[label] = (path, quantize(path, settings))
-    feeds = _feeds(calib, pairs)
-    reference = _outputs(float_path, feeds)
-    scores = {label: _score(reference, _outputs(path, feeds)) for label, (path, _) in tried.items()}
-    best = "per-tensor" if scores["per-tensor"] > scores["per-channel"] else "per-channel"
-    other = "per-channel" if best == "per-tensor" else "per-tensor"
-    path, model = tried[best]
-    path.replace(out)
-    tried[other][0].unlink(missing_ok=True)
-    what = "top-1 agreement" if fid.is_classifier(reference[0]) else "cosine"
-    note = (f"ONNX int8 weights of '{out.name}': {best}, chosen over {other} by {what} with the float model on "
-            f"{len(feeds)} calibration samples ({scores[best][0]:.4f} against {scores[other][0]:.4f}).")
-    return model, note
-
-
-def _feeds(calib: Subset, pairs: list[tuple[str, str]]) -> list[dict[str, np.ndarray]]:
-    """Up to JUDGED_SAMPLES calibration rows under the graph's input names."""
-    feeds = []
-    for row in calib:
-        feeds.append({onnx_name: row[name] for onnx_name, name in pairs})
-        if len(feeds) == JUDGED_SAMPLES:
-            break
-    return feeds
+    feeds = closest.first_rows(calib, lambda row: {onnx_name: row[name] for onnx_name, name in pairs})
+    best, what, scores = closest.closest(_outputs(float_path, feeds),
+                                         {label: _outputs(path, feeds) for label, (path, _) in tried.items()})
+    for label, (path, _) in tried.items():
+        if label == best:
+            path.replace(out)
+        else:
+            path.unlink(missing_ok=True)
+    note = closest.describe(f"ONNX int8 weights of '{out.name}'", best, what, scores, len(feeds))
+    return tried[best][1], note
 
 
 def _outputs(path: Path, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
@@ -62,10 +48,4 @@ def _outputs(path: Path, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    outs = [session.run(None, feed) for feed in feeds]
-    return [np.concatenate([np.asarray(o[i], np.float32) for o in outs]) for i in range(len(outs[0]))]
-
-
-def _score(reference: list[np.ndarray], candidate: list[np.ndarray]) -> tuple[float, float]:
-    found = fid.fidelity(reference, candidate)
-    return (found.get("top1_agreement", found["cosine"]), found["cosine"])
+    return closest.stacked(session.run(None, feed) for feed in feeds)

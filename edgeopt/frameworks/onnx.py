@@ -18,6 +18,7 @@ import numpy as np
 from edgeopt.deps import require
 from edgeopt.errors import ConversionError, InputRejected
 from edgeopt.frameworks.base import LoadedModel, guess_layout
+from edgeopt.frameworks.onnx_shapes import pin_inputs
 from edgeopt.model import Format, ModelHandle, TensorSpec
 
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
@@ -50,18 +51,22 @@ def load(path: Path, fmt: Format = Format.ONNX, *, trust: bool = False,
         onnx.load_external_data_for_model(model, str(path.parent))
     notes: list[str] = []
     model = _infer_shapes(onnx, model, path, notes)
-    pinned = False
+    fixed: list[str] = []
     if input_shapes:
-        from edgeopt.frameworks.onnx_shapes import pin_inputs
-
         model, fixed = pin_inputs(onnx, model, input_shapes, path)
         notes.extend(fixed)
-        pinned = bool(fixed)
     quantized = sorted({n.op_type for n in model.graph.node if is_quantized_op(n.op_type)})
     if quantized:
         notes.append(f"'{path.name}' is already quantized (it has {', '.join(quantized)} nodes); "
                      "quantizing it again would stack quantization errors.")
-    return OnnxModel(path, model, notes, quantized=bool(quantized), pinned=pinned)
+    return OnnxModel(path, model, notes, quantized=bool(quantized), pinned=bool(fixed))
+
+
+def with_input_shapes(source: OnnxModel, shapes: dict[str, tuple[int, ...]]) -> OnnxModel:
+    """``source`` with its free input sizes fixed: the checked graph is reused, not read again."""
+    model, fixed = pin_inputs(require("onnx", "Loading ONNX models"), source.native, shapes, source.handle.path)
+    notes = [*source.handle.metadata.get("notes", []), *fixed]
+    return OnnxModel(source.handle.path, model, notes, quantized=source.quantized, pinned=bool(fixed))
 
 
 def check_ops(onnx: Any, model: Any, path: Path) -> None:

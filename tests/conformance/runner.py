@@ -9,7 +9,6 @@ with ``--write``, rewrites ``reference.yaml`` from what it measured.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import subprocess
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeopt.outputs import working_dir
 from tests.conformance import zoo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,7 +114,8 @@ def peer_defaults(case: zoo.Case, target: str, work: Path, calib: Path, val: Pat
     }[target]
     found: dict[str, dict[str, Any]] = {}
     for name, recipe in recipes:
-        with _inside(work):
+        # onnxruntime's pre-processing drops its temporary files into the working folder.
+        with working_dir(work):
             found[name] = _peer(name, recipe, peer_src, rows, source, target, work, val, case)
     return found
 
@@ -132,17 +133,6 @@ def _sized_onnx(case: zoo.Case, source, rows: list[np.ndarray], work: Path) -> P
     sized = work / f"{path.stem}_sized.onnx"
     onnx.save(model, str(sized))
     return sized
-
-
-@contextlib.contextmanager
-def _inside(folder: Path):
-    """onnxruntime's pre-processing drops its temporary files into the working folder."""
-    previous = Path.cwd()
-    os.chdir(folder)
-    try:
-        yield
-    finally:
-        os.chdir(previous)
 
 
 def _peer(name, recipe, peer_src, rows, source, target: str, work: Path, val: Path, case: zoo.Case) -> dict:
