@@ -26,6 +26,8 @@ def choose(qt: Any, rows: dict[str, Any], float_path: Path, out: Path, model_nam
     calibrator = require("ai_edge_quantizer.calibrator", "Quantizing TFLite models")
     qsv_utils = require("ai_edge_quantizer.utils.qsv_utils", "Quantizing TFLite models")
     moving = qt.calibrate(rows)
+    # Quantizer.calibrate takes no update rule; its own calibrator does, fed the quantizer's float
+    # model and recipe (private attributes of ai-edge-quantizer 0.10: check them on an upgrade).
     run = calibrator.Calibrator(qt._float_model_buffer, qsv_update_func=qsv_utils.min_max_update)
     run.calibrate(rows, qt._recipe_manager)
     paths = {}
