@@ -6,7 +6,8 @@ earlier outputs stay byte-identical (or are put back as a set by the next run).
 |---|---|
 | SIGINT mid-export | exit 130, "interrupted", staging folder removed, earlier outputs identical |
 | SIGTERM mid-export | exit 130, as for SIGINT |
-| SIGKILL mid-export | earlier outputs identical; the next run removes the stale staging folder |
+| SIGKILL of the command mid-export | its job ends too and removes its staging folder; earlier outputs identical |
+| SIGKILL of every process mid-export | earlier outputs identical; the next run removes the stale staging folder |
 | disk full before the artifact / while writing reports | exit 5, "No space left on the device", earlier outputs identical |
 | killed between the moves of an OpenVINO .xml/.bin pair | never an old/new mix; the next run restores the old pair, which loads and computes the old results |
 | Ctrl-C between those moves | the old pair is put back at once |
@@ -41,21 +42,26 @@ def _without_stages(snap: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in snap.items() if STAGE_PREFIX not in k}
 
 
-def _start_compress(workspace: Path, assets, *more: str) -> subprocess.Popen:
+def _start_compress(workspace: Path, assets, *more: str, new_session: bool = False) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "EDGEOPT_DEBUG"}
     args = [*EDGEOPT, "compress", str(assets.keras()), "--calib", str(assets.nhwc_data()), "--no-validate",
             "-o", str(workspace / "out"), "-q", *more]
-    return subprocess.Popen(args, cwd=workspace, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(args, cwd=workspace, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=new_session)
 
 
-def _signal_mid_export(proc: subprocess.Popen, out: Path, signum: int) -> None:
-    """Send ``signum`` as soon as the run has a staging folder: it is then converting."""
+def _signal_mid_export(proc: subprocess.Popen, out: Path, signum: int, whole_group: bool = False) -> None:
+    """Send ``signum`` as soon as the run has a staging folder: it is then converting. With
+    ``whole_group`` every process of the run gets it at once (the run must lead its own session)."""
     deadline = time.monotonic() + 120
     while not _stages(out):
         assert proc.poll() is None, f"the run ended before exporting: {proc.communicate()}"
         assert time.monotonic() < deadline, "no staging folder appeared"
         time.sleep(0.005)
-    proc.send_signal(signum)
+    if whole_group:
+        os.killpg(proc.pid, signum)
+    else:
+        proc.send_signal(signum)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -69,15 +75,44 @@ def test_interrupt_mid_export_exits_130_and_keeps_earlier_outputs(signum, worksp
     assert snapshot(workspace) == before  # the staging folder is gone too
 
 
-def test_sigkill_mid_export_leaves_earlier_outputs_and_the_next_run_cleans_up(workspace, assets):
+def _group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def _wait_for_group_to_end(pgid: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not _group_gone(pgid):
+        assert time.monotonic() < deadline, "a process of the killed run is still running"
+        time.sleep(0.05)
+
+
+def test_sigkill_of_the_command_ends_its_job_which_removes_its_staging(workspace, assets):
+    """The command is killed but its job process is not: the job must not run on unseen, and it
+    removes what it staged on the way out."""
     before = snapshot(workspace)
-    proc = _start_compress(workspace, assets)
+    proc = _start_compress(workspace, assets, new_session=True)
     _signal_mid_export(proc, workspace / "out", signal.SIGKILL)
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
+    _wait_for_group_to_end(proc.pid, timeout_s=60)
+    assert snapshot(workspace) == before  # earlier outputs identical, and no staging folder left
+
+
+def test_sigkill_of_every_process_leaves_earlier_outputs_and_the_next_run_cleans_up(workspace, assets):
+    """As the OOM killer or a power cut would: nothing runs on to clean up, so the next run does."""
+    before = snapshot(workspace)
+    proc = _start_compress(workspace, assets, new_session=True)
+    _signal_mid_export(proc, workspace / "out", signal.SIGKILL, whole_group=True)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    _wait_for_group_to_end(proc.pid, timeout_s=60)
     assert _without_stages(snapshot(workspace)) == before
     stale = _stages(workspace / "out")
-    assert stale, "a killed run cannot clean up; its staging folder stays until the next run"
+    assert stale, "a run killed outright cannot clean up; its staging folder stays until the next run"
 
     outcome = run_cli("compress", assets.keras(), "--precision", "fp32", "--no-validate", "-o", workspace / "out",
                       "-q", cwd=workspace)
