@@ -33,6 +33,7 @@ class Source:
     module: Any
     example: tuple
     fp32_onnx: Path | None = None
+    saved_model: Path | None = None  # a SavedModel folder, read by the TFLite and OpenVINO converters
 
 
 @contextlib.contextmanager
@@ -55,8 +56,11 @@ def tflite_converter(source: Source, calib: list[np.ndarray], out: Path) -> list
     import tensorflow as tf
 
     with quiet():
-        model = keras.models.load_model(source.keras_path, compile=False)
-        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        if source.saved_model is not None:
+            converter = tf.lite.TFLiteConverter.from_saved_model(str(source.saved_model))
+        else:
+            converter = tf.lite.TFLiteConverter.from_keras_model(keras.models.load_model(source.keras_path,
+                                                                                         compile=False))
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: _rows(calib)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
@@ -132,7 +136,9 @@ def nncf_quantize(source: Source, calib: list[np.ndarray], out: Path) -> list[Pa
 
     with quiet(), tempfile.TemporaryDirectory() as tmp:
         shapes = [tuple(x.shape) for x in source.example]
-        if source.keras_path is not None:  # OpenVINO reads Keras 3 models as a SavedModel
+        if source.saved_model is not None:
+            model = ov.convert_model(str(source.saved_model), input=shapes)
+        elif source.keras_path is not None:  # OpenVINO reads Keras 3 models as a SavedModel
             import keras
 
             saved = Path(tmp) / "saved_model"

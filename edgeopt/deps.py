@@ -126,7 +126,11 @@ def require(module: str, purpose: str) -> ModuleType:
                 importlib.import_module(module)
         # absl's Python logger repeats converter deprecation chatter on every call; set on every
         # require, since the caller may have imported TensorFlow (and reset absl) before edgeopt.
-        logging.getLogger("absl").setLevel(logging.DEBUG if os.environ.get("EDGEOPT_DEBUG") else logging.ERROR)
+        # TensorFlow's own logger warns once per optimizer value a SavedModel load skips, at garbage
+        # collection, long after the load returned.
+        level = logging.DEBUG if os.environ.get("EDGEOPT_DEBUG") else logging.ERROR
+        for name in ("absl", "tensorflow"):
+            logging.getLogger(name).setLevel(level)
         return sys.modules[module]
     except ImportError as exc:
         top = module.split(".")[0]

@@ -28,7 +28,7 @@ import numpy as np
 from edgeopt.calibration import Subset
 from edgeopt.deps import quiet_stderr, require
 from edgeopt.errors import ConversionError
-from edgeopt.exporters import onnx_granularity as granularity
+from edgeopt.exporters import onnx_names, onnx_granularity as granularity
 from edgeopt.exporters.base import (DEFAULT_QUANT, ExportResult, Layer, QuantSettings, check_quant,
                                     conversion_failure, layer_label, source_layer_names)
 from edgeopt.frameworks.base import LoadedModel
@@ -117,7 +117,29 @@ def keras_to_onnx(source: LoadedModel) -> Any:
             proto, _ = tf2onnx.convert.from_function(function, input_signature=specs, opset=OPSET)
     except Exception as exc:
         raise conversion_failure("tf2onnx", source.handle.path, exc) from exc
-    return canonical_names(proto)
+    return canonical_names(_captures_as_weights(proto, function.get_concrete_function()))
+
+
+def _captures_as_weights(proto: Any, concrete: Any) -> Any:
+    """The graph with the traced function's captured constants as initializers.
+
+    tf2onnx freezes captured variables but turns a captured constant tensor into a graph input:
+    a loaded SavedModel's signature captures its non-trainable tensors that way (basic-pitch's CQT
+    kernels became inputs '5576:0', '5578:0', ...), and the model then cannot run on its own input.
+    """
+    onnx = require("onnx", "Converting Keras models to ONNX")
+    values = {}
+    for placeholder, value in zip(concrete.graph.internal_captures, concrete.captured_inputs):
+        if value.dtype.name != "resource":
+            values[placeholder.name] = value.numpy()
+    frozen = [v for v in proto.graph.input if v.name in values]
+    if not frozen:
+        return proto
+    kept = [v for v in proto.graph.input if v.name not in values]
+    del proto.graph.input[:]
+    proto.graph.input.extend(kept)
+    proto.graph.initializer.extend(onnx.numpy_helper.from_array(values[v.name], v.name) for v in frozen)
+    return proto
 
 
 # tf2onnx numbers the nodes and tensors it creates from a process-wide counter ('Conv__24',
@@ -318,10 +340,12 @@ def _quantize_static(float_path: Path, tmp: Path, out: Path, source: LoadedModel
                 shape_tools.quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
     model = onnx.load(str(prepared), load_external_data=False)
     names = [v.name for v in model.graph.input]
-    if any(not node.name for node in model.graph.node):
+    nameless = any(not node.name for node in model.graph.node)
+    if nameless:
         # nodes_to_exclude and the report name nodes; give the nameless ones stable names.
         for i, node in enumerate(model.graph.node):
             node.name = node.name or f"{node.op_type}_{i}"
+    if onnx_names.tidy(model) or nameless:
         onnx.save(model, str(prepared))
     method = {"auto": ort_quant.CalibrationMethod.MinMax, "minmax": ort_quant.CalibrationMethod.MinMax, "percentile": ort_quant.CalibrationMethod.Percentile,
               "entropy": ort_quant.CalibrationMethod.Entropy}[quant.method]

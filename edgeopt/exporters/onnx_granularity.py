@@ -20,6 +20,7 @@ import numpy as np
 
 from edgeopt.calibration import Subset
 from edgeopt.deps import require
+from edgeopt.errors import ConversionError
 from edgeopt.exporters import closest
 from edgeopt.exporters.base import QuantSettings
 
@@ -32,14 +33,30 @@ def choose(quantize: Callable[[Path, QuantSettings], Any], float_path: Path, out
         path = out.with_name(f".{out.name}.{label}.onnx")
         tried[label] = (path, quantize(path, settings))
     feeds = closest.first_rows(calib, lambda row: {onnx_name: row[name] for onnx_name, name in pairs})
-    best, what, scores = closest.closest(_outputs(float_path, feeds),
-                                         {label: _outputs(path, feeds) for label, (path, _) in tried.items()})
+    outputs, failures = {}, {}
+    for label, (path, _) in tried.items():
+        try:
+            outputs[label] = _outputs(path, feeds)
+        except Exception as exc:  # onnxruntime raises its own types, for a model it will not load or run
+            failures[label] = str(exc).splitlines()[0][:300]
+    if not outputs:
+        raise ConversionError(
+            f"The int8 ONNX model edgeopt wrote for '{out.name}' does not run in onnxruntime, with per-channel "
+            f"or per-tensor weights: {failures['per-channel']}",
+            hint="This is a fault in edgeopt's quantization, not in the model you gave. Run again with --debug "
+                 "and report the output; --target openvino or --precision fp16 may work meanwhile.")
+    best, what, scores = closest.closest(_outputs(float_path, feeds), outputs)
     for label, (path, _) in tried.items():
         if label == best:
             path.replace(out)
         else:
             path.unlink(missing_ok=True)
-    note = closest.describe(f"ONNX int8 weights of '{out.name}'", best, what, scores, len(feeds))
+    if failures:
+        dropped = next(iter(failures))
+        note = (f"ONNX int8 weights of '{out.name}': {best}; the {dropped} model did not run in onnxruntime "
+                f"({failures[dropped]}).")
+    else:
+        note = closest.describe(f"ONNX int8 weights of '{out.name}'", best, what, scores, len(feeds))
     return tried[best][1], note
 
 

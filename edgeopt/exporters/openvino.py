@@ -121,7 +121,7 @@ def _from_file(ov: Any, source: LoadedModel, tmp: Path) -> Any:
 
 def _from_keras(ov: Any, source: LoadedModel, tmp: Path) -> Any:
     if source.handle.format is Format.SAVED_MODEL:
-        return ov.convert_model(str(source.handle.path))
+        return ov.convert_model(str(source.graph_file))
     from edgeopt.exporters.onnx import cached_float_graph, keras_to_onnx
 
     # Through ONNX first: tf2onnx traces in a fraction of a second, while model.export() slows

@@ -62,6 +62,10 @@ def export_keras(source: LoadedModel, out: Path, *, precision: str, calib: Subse
         return ExportResult(out, label, notes, float_fallback=True)
     try:
         flatbuffer = _convert(converter)
+        if precision == "int8" and calib is not None and _has_int8(flatbuffer, FLOAT_ONLY_OPS):
+            flatbuffer = _convert_keeping_float(tf, converter, calib, source.handle.input_names, quant, int8_io)
+            notes.append(f"{', '.join(FLOAT_ONLY_OPS)} kept in float in '{out.name}': an int8 DIV stops at run time "
+                         "on a divisor that rounds to zero.")
     except Exception as exc:
         if precision != "int8" or calib is None:
             raise _conversion_error(source, exc) from exc
@@ -80,10 +84,27 @@ def export_keras(source: LoadedModel, out: Path, *, precision: str, calib: Subse
     return ExportResult(out, label, notes)
 
 
+# Ops never run in int8. The int8 DIV kernel refuses, at run time, any divisor that rounds to its
+# zero point: basic-pitch's note model divides by a range that is near zero on quiet audio, and its
+# int8 TFLite model stopped with "data[i] != zero_point" (DIV). ONNX Runtime and OpenVINO keep
+# Div in float too.
+FLOAT_ONLY_OPS = ("DIV",)
+
+
+def _has_int8(flatbuffer: bytes, ops: tuple[str, ...]) -> bool:
+    litert = require("ai_edge_litert.interpreter", "Running TFLite models")
+    interp = litert.Interpreter(model_content=flatbuffer,
+                                experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    return any(op["op_name"] in ops and any(np.dtype(tensors[i]["dtype"]) == np.int8 for i in op["inputs"] if i in tensors)
+               for op in interp._get_ops_details())
+
+
 def _convert_keeping_float(tf, converter, calib: Subset, names: list[str], quant: QuantSettings,
                            int8_io: bool) -> bytes:
     """Calibrate once, then quantize with the named ops left in float (``denylisted_nodes``)."""
     options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(quant.keep_float),
+                                                            denylisted_ops=list(FLOAT_ONLY_OPS),
                                                             fully_quantize=int8_io)
     # The debugger checks its instrumented model with tf.lite.Interpreter, which warns that it is deprecated.
     with contextlib.redirect_stdout(io.StringIO()), quiet_stderr(), warnings.catch_warnings():
@@ -123,7 +144,7 @@ def keras_layers(source: LoadedModel, *, calib: Subset, quant: QuantSettings = D
 
 def _converter(tf, source: LoadedModel):
     if source.handle.format is Format.SAVED_MODEL:
-        return tf.lite.TFLiteConverter.from_saved_model(str(source.handle.path))
+        return tf.lite.TFLiteConverter.from_saved_model(str(source.graph_file))
     model = source.native
     # A tf.function with named TensorSpecs keeps the Keras input names in the TFLite signature.
     specs = [tf.TensorSpec((1, *t.shape[1:]), tf.as_dtype(t.dtype), name=t.name) for t in source.handle.inputs]

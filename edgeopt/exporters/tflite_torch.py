@@ -27,6 +27,7 @@ from edgeopt.calibration import Subset
 from edgeopt.deps import quiet_stderr, require
 from edgeopt.errors import ConversionError
 from edgeopt.exporters import tflite_ranges as range_rule
+from edgeopt.exporters.tflite import FLOAT_ONLY_OPS
 from edgeopt.exporters.base import DEFAULT_QUANT, ExportResult, QuantSettings, check_quant, conversion_failure
 from edgeopt.frameworks.base import LoadedModel, guess_layout
 from edgeopt.targets.base import NCHW_TO_NHWC, Axes
@@ -173,12 +174,13 @@ def _recipe(precision: str, calib: Subset | None, int8_io: bool, per_channel: bo
     granularity = qtyping.QuantGranularity.CHANNELWISE if per_channel else qtyping.QuantGranularity.TENSORWISE
     manager.add_static_config(".*", ops.ALL_SUPPORTED, activation_num_bits=8, weight_num_bits=8,
                               weight_granularity=granularity)
-    if not int8_io:
-        # Later entries win: graph inputs and outputs stay float, with (de)quantize ops inside.
-        float_io = qtyping.OpQuantizationConfig(compute_precision=qtyping.ComputePrecision.FLOAT,
-                                                explicit_dequantize=False)
-        for op in (ops.INPUT, ops.OUTPUT):
-            manager.add_quantization_config(".*", op, op_config=float_io, algorithm_key=algorithms.NO_QUANTIZE)
+    in_float = qtyping.OpQuantizationConfig(compute_precision=qtyping.ComputePrecision.FLOAT,
+                                            explicit_dequantize=False)
+    # Later entries win: ops that never run in int8 (exporters.tflite.FLOAT_ONLY_OPS), and unless
+    # int8_io, the graph inputs and outputs, with (de)quantize ops inside.
+    float_ops = [getattr(ops, name) for name in FLOAT_ONLY_OPS] + ([] if int8_io else [ops.INPUT, ops.OUTPUT])
+    for op in float_ops:
+        manager.add_quantization_config(".*", op, op_config=in_float, algorithm_key=algorithms.NO_QUANTIZE)
     return manager.get_quantization_recipe(), "int8"
 
 

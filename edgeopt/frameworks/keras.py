@@ -233,21 +233,56 @@ def _load_saved_model(path: Path, *, trust: bool) -> LoadedModel:
             f"Refusing to load the SavedModel '{path}': a SavedModel is a TensorFlow graph, and loading "
             "it runs its ops.", hint=TRUST_HINT + " Or pass the Keras .keras/.h5 file instead.")
     tf = require("tensorflow", "Loading SavedModel folders")
+    folder = _without_optimizer_slots(path)
     try:
-        loaded = tf.saved_model.load(str(path))
+        loaded = tf.saved_model.load(str(folder))
         fn = loaded.signatures["serving_default"]
     except KeyError as exc:
         raise InputRejected(f"The SavedModel '{path}' has no 'serving_default' signature.",
                             hint="Export it with model.export(path), which writes one.") from exc
     except Exception as exc:
         raise InputRejected(f"TensorFlow could not load the SavedModel '{path}': {exc}") from exc
-    return SavedModel(path, loaded, fn)
+    return SavedModel(path, loaded, fn, folder)
+
+
+def _without_optimizer_slots(path: Path) -> Path:
+    """``path``, or where its SavedModel lies without the optimizer's slot variables.
+
+    A model saved by Keras 2 with its optimizer records the optimizer's per-weight state (Adam's
+    'm' and 'v'); TensorFlow 2.16+ then fails to load it ("'_UserObject' object has no attribute
+    'add_slot'"), and so do the TFLite and OpenVINO converters, which load it the same way.
+    Inference needs none of that state, so the graph is rewritten without it, next to links to the
+    original variables and assets. The copy lives as long as the process.
+    """
+    import atexit
+
+    saved_model_pb2 = require("tensorflow.core.protobuf.saved_model_pb2", "Loading SavedModel folders")
+    proto = saved_model_pb2.SavedModel()
+    try:
+        proto.ParseFromString((path / "saved_model.pb").read_bytes())
+    except Exception:  # unreadable or not a binary SavedModel: TensorFlow says what is wrong
+        return path
+    slots = 0
+    for graph in proto.meta_graphs:
+        for node in graph.object_graph_def.nodes:
+            slots += len(node.slot_variables)
+            del node.slot_variables[:]
+    if not slots:
+        return path
+    copy = Path(tempfile.mkdtemp(prefix=".edgeopt-savedmodel-"))
+    atexit.register(shutil.rmtree, copy, True)
+    (copy / "saved_model.pb").write_bytes(proto.SerializeToString())
+    for part in path.iterdir():
+        if part.name != "saved_model.pb":
+            (copy / part.name).symlink_to(part.resolve())
+    return copy
 
 
 class SavedModel(LoadedModel):
-    def __init__(self, path: Path, loaded: Any, fn: Any) -> None:
+    def __init__(self, path: Path, loaded: Any, fn: Any, folder: Path) -> None:
         self.native = loaded
         self._fn = fn
+        self.graph_file = folder  # what converters read: the folder, or its copy without optimizer state
         _args, kwargs = fn.structured_input_signature
         inputs = tuple(
             TensorSpec(name=name, shape=tuple(spec.shape.as_list()), dtype=spec.dtype.name,

@@ -61,6 +61,7 @@ class Session(ABC):
     # session's outputs back to the source's, per output position. Empty: feeds pass unchanged.
     _in_axes: dict[str, Axes] = {}
     _out_axes: dict[int, Axes] = {}
+    _out_order: list[int] | None = None
 
     def set_source(self, inputs: Sequence[TensorSpec] | None,
                    outputs: Sequence[TensorSpec] | None = None) -> None:
@@ -68,6 +69,15 @@ class Session(ABC):
 
         The session's own input specs then state the layout it really takes, which the report shows.
         """
+        # Outputs pair by name where both sides name them alike, else by position. A SavedModel's
+        # outputs are its signature's keys in sorted order, and the TFLite converter writes them in
+        # another: basic-pitch's 'note' and 'onset' maps, both (172, 88), were compared crosswise.
+        own_names = [t.name for t in self.outputs]
+        wanted = [t.name for t in outputs or ()]
+        self._out_order = None
+        if wanted and sorted(own_names) == sorted(wanted) and own_names != wanted and len(set(wanted)) == len(wanted):
+            self._out_order = [own_names.index(name) for name in wanted]
+            self.outputs = tuple(self.outputs[i] for i in self._out_order)
         if not inputs:
             return
         source = {t.name: t for t in inputs}
@@ -101,7 +111,9 @@ class Session(ABC):
                 for k, v in feed.items()}
 
     def to_source_layout(self, outputs: list[np.ndarray]) -> list[np.ndarray]:
-        """This session's outputs in the source's layout, so they compare element by element."""
+        """This session's outputs in the source's order and layout, so they compare element by element."""
+        if self._out_order is not None:
+            outputs = [outputs[i] for i in self._out_order]
         if not self._out_axes:
             return outputs
         return [np.transpose(o, self._out_axes[i]) if i in self._out_axes else o for i, o in enumerate(outputs)]

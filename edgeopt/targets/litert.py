@@ -24,6 +24,16 @@ def _signature_name(raw: str) -> str:
     return name[len("serving_default_"):] if name.startswith("serving_default_") else name
 
 
+def _output_keys(interp) -> dict[int, str]:
+    """Output tensor index -> its key in the model's one signature: the converter names the
+    tensors themselves 'StatefulPartitionedCall:0', while the keys are the source's output names."""
+    signatures = interp._get_full_signature_list() or {}
+    if len(signatures) != 1:
+        return {}
+    outputs = next(iter(signatures.values())).get("outputs", {})
+    return {index: key for key, index in outputs.items()}
+
+
 class LiteRTSession(Session):
     def __init__(self, path: Path, *, threads: int, input_names: list[str] | None = None,
                  device: str = "cpu") -> None:
@@ -51,7 +61,8 @@ class LiteRTSession(Session):
         self._names = names
         self.inputs = tuple(TensorSpec(n, tuple(int(x) for x in d["shape"]), np.dtype(d["dtype"]).name,
                                        guess_layout(tuple(d["shape"]), "nhwc")) for n, d in zip(names, self._in))
-        self.outputs = tuple(TensorSpec(_signature_name(d["name"]), tuple(int(x) for x in d["shape"]),
+        keys = _output_keys(self._interp)
+        self.outputs = tuple(TensorSpec(keys.get(d["index"], _signature_name(d["name"])), tuple(int(x) for x in d["shape"]),
                                         np.dtype(d["dtype"]).name) for d in self._out)
 
     def _prepare(self, feed: dict[str, np.ndarray]) -> None:

@@ -185,3 +185,54 @@ def captchas(count: int, seed: int, width: int = 160) -> np.ndarray:
         out[i, :, :w] = np.asarray(line.resize((w, 64), Image.BILINEAR), np.float32)
         out[i, :, w:] = out[i, :, :1].mean()
     return ((out / 255.0 - 0.5) / 0.5)[:, None].astype(np.float32)
+
+
+# --- sound ---------------------------------------------------------------------------------------
+
+AUDIO_PACKAGE = "chime==0.8.0"  # 32 recorded notification sounds: chimes, jingles, game themes
+
+
+@lru_cache(maxsize=4)
+def _clips(rate: int) -> tuple[np.ndarray, ...]:
+    """The package's sounds as mono float32 in [-1, 1] at ``rate`` Hz."""
+    import warnings
+    from math import gcd
+
+    from scipy.io import wavfile
+    from scipy.signal import resample_poly
+
+    from tests.conformance.zoo import package_dir
+
+    clips = []
+    for path in sorted((package_dir(AUDIO_PACKAGE) / "chime" / "themes").glob("*/*.wav")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # some files carry chunks scipy does not read
+            source_rate, samples = wavfile.read(path)
+        if samples.dtype == np.uint8:
+            audio = (samples.astype(np.float32) - 128.0) / 128.0
+        else:
+            audio = samples.astype(np.float32) / float(np.iinfo(samples.dtype).max)
+        if audio.ndim == 2:
+            audio = audio.mean(axis=1)
+        g = gcd(rate, source_rate)
+        clips.append(resample_poly(audio, rate // g, source_rate // g).astype(np.float32))
+    return tuple(clips)
+
+
+def sound_windows(count: int, seed: int, rate: int, length: int) -> np.ndarray:
+    """``count`` windows of ``length`` samples at ``rate`` Hz, shape (count, length): a clip at a
+    random offset and level, now and then over a quieter second one, zero-padded as the models'
+    own packages pad a short file."""
+    rng = np.random.default_rng(seed)
+    clips = _clips(rate)
+    out = np.zeros((count, length), np.float32)
+    for i in range(count):
+        for layer, level in enumerate((rng.uniform(0.3, 1.0), rng.uniform(0.05, 0.3))):
+            if layer and rng.random() < 0.6:
+                break
+            clip = clips[rng.integers(len(clips))]
+            start = int(rng.integers(0, max(1, len(clip) - length // 2)))
+            piece = clip[start:start + length]
+            at = int(rng.integers(0, length - len(piece) + 1))
+            out[i, at:at + len(piece)] += level * piece
+    return np.clip(out, -1.0, 1.0)

@@ -54,7 +54,8 @@ def load_reference_model(case: zoo.Case, calib: Path | None = None):
     if "--input-shape" in case.flags:
         name, _, dims = case.flags[case.flags.index("--input-shape") + 1].partition("=")
         shapes = {name: tuple(int(d) for d in dims.split(","))}
-    source, _ = load_source(Path(args[0]), trust=case.kind == "torchscript", weights=weights, input_shapes=shapes,
+    source, _ = load_source(Path(args[0]), trust="--trust-model" in case.flags or case.kind == "torchscript",
+                            weights=weights, input_shapes=shapes,
                             calib=calib)
     return source
 
@@ -105,9 +106,11 @@ def peer_defaults(case: zoo.Case, target: str, work: Path, calib: Path, val: Pat
     # An ONNX source with free sizes goes to the peers with the sizes fixed to the data's, as their
     # users fix them (onnxruntime's make_dim_param_fixed): their quantizers stop at free sizes.
     onnx_path = _sized_onnx(case, source, rows, work) if case.kind == "onnx" else fp32_onnx
-    peer_src = peer_tools.Source(keras_path=keras_path, module=module, example=example, fp32_onnx=onnx_path)
+    saved_model = Path(case.model_args()[0]) if case.kind == "saved_model" else None
+    peer_src = peer_tools.Source(keras_path=keras_path, module=module, example=example, fp32_onnx=onnx_path,
+                                 saved_model=saved_model)
     recipes = {
-        "tflite": ([("TFLite converter", peer_tools.tflite_converter)] if keras_path else
+        "tflite": ([("TFLite converter", peer_tools.tflite_converter)] if keras_path or saved_model else
                    [("AI Edge Quantizer", peer_tools.ai_edge_quantizer)] if module is not None else []),
         "onnx": [("ORT quantize_static", peer_tools.onnxruntime_quantize_static)] if onnx_path else [],
         "openvino": [("nncf.quantize", peer_tools.nncf_quantize)],

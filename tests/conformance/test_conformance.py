@@ -42,4 +42,5 @@ def test_default_run(cell, tmp_path):
         assert got >= reference.floor(best["int8"], case.task, samples), \
             f"int8 {got:.4f} is behind {best['name']}'s default ({best['int8']:.4f}) on the same data"
     # The artifact is as small as it was when the reference was measured, and smaller than fp32.
-    assert art["size_bytes"] <= 1.05 * expected["size_bytes"] and art["size_bytes"] < art["baseline_size_bytes"]
+    assert art["size_bytes"] <= 1.05 * expected["size_bytes"]
+    assert art["size_bytes"] < art["baseline_size_bytes"] or not case.int8_file_smaller

@@ -41,7 +41,7 @@ class Case:
     id: str
     package: str                     # "name==version"
     member: str                      # the model file's path inside the wheel
-    kind: str                        # keras | keras3 | onnx | torch_module | torchscript
+    kind: str                        # keras | keras3 | saved_model | onnx | torch_module | torchscript
     inputs: Callable[[int, int], dict[str, np.ndarray]]
     task: str
     what: str                        # what the model is and does, for the reference table
@@ -53,6 +53,9 @@ class Case:
     # Top-1 agreement is judged on enough samples that one flip moves it by under half a point.
     calib_samples: int = 200
     val_samples: int = 256
+    # False only where an int8 file cannot be smaller than the float one: the Q/DQ nodes of a tiny
+    # net outweigh the bytes its weights save (basic-pitch: 57k weights, 78 quantized tensors).
+    int8_file_smaller: bool = True
 
     def model_args(self) -> list[str]:
         """The model part of an ``edgeopt compress`` command line."""
@@ -122,6 +125,16 @@ CASES: tuple[Case, ...] = (
          _one("images", lambda n, s: data.letterboxed_photos(n, s, 416, scale=1.0)), "regression",
          "ddddocr YOLOX-style text/character detector, 416x416",
          ("torch.onnx 1.9", "opset 11", "Resize", "SiLU"), calib_samples=64, val_samples=48),
+    Case("basic_pitch_onnx", "basic-pitch==0.4.0", "basic_pitch/saved_models/icassp_2022/nmp.onnx", "onnx",
+         _one("serving_default_input_2:0", lambda n, s: data.sound_windows(n, s, 22050, 43844)[..., None]),
+         "regression", "Spotify basic-pitch note model: 2 s of 22.05 kHz audio -> CQT -> note, onset and contour maps",
+         ("tf2onnx 1.15", "opset 15", "three outputs", "MirrorPad on the time axis", "Div", "free batch"),
+         ci=("onnx",), calib_samples=64, val_samples=48, int8_file_smaller=False),
+    Case("basic_pitch_savedmodel", "basic-pitch==0.4.0", "basic_pitch/saved_models/icassp_2022/nmp", "saved_model",
+         _one("input_2", lambda n, s: data.sound_windows(n, s, 22050, 43844)[..., None]), "regression",
+         "the same trained model as a Keras-2 SavedModel, with its Adam slots",
+         ("SavedModel", "Keras 2 optimizer slots", "outputs in signature-key order", "captured constants"),
+         flags=("--trust-model",), ci=("tflite",), calib_samples=64, val_samples=48),
 )
 
 BY_ID = {c.id: c for c in CASES}

@@ -155,3 +155,33 @@ def test_unsupported_op_fails_int8_after_the_float_fallback(unsupported, tmp_pat
     with pytest.raises(ConversionError, match="Unsupported ops: tf.Erfinv"):
         tflite.export_keras(unsupported, tmp_path / "m.tflite", precision="int8", calib=subset)
     assert not (tmp_path / "m.tflite").exists()
+
+
+@pytest.fixture(scope="module")
+def range_normalised():
+    """x / (max(x) - min(x) + 1e-6), as audio and spectrogram models normalise: on a quiet input
+    the divisor rounds to zero in int8."""
+    keras = pytest.importorskip("keras")
+    from pathlib import Path
+
+    inputs = keras.Input((16,), name="x")
+    y = keras.layers.Dense(16, name="proj")(inputs)
+    spread = keras.ops.max(y, axis=-1, keepdims=True) - keras.ops.min(y, axis=-1, keepdims=True) + 1e-6
+    model = keras.Model(inputs, keras.layers.Dense(4, name="out")(y / spread))
+    return kf.KerasModel(Path("normalised.keras"), Format.KERAS_V3, model)
+
+
+@pytest.mark.slow
+def test_int8_div_stays_float_so_a_near_zero_divisor_still_runs(range_normalised, tmp_path):
+    rng = np.random.default_rng(0)
+    loud = rng.normal(0, 1.0, (24, 16)).astype(np.float32)
+    quiet = rng.normal(0, 1e-5, (8, 16)).astype(np.float32)  # the divisor of these is ~1e-5: int8 zero
+    data = tmp_path / "calib.npz"
+    np.savez(data, x=np.concatenate([loud, quiet]))
+    subset, _ = cal.select(cal.open_data(data, range_normalised.handle.inputs), samples=32, seed=0)
+    result = tflite.export_keras(range_normalised, tmp_path / "m.tflite", precision="int8", calib=subset)
+    divs = [inputs for name, inputs, _ in tflite_ops(result.path) if name == "DIV"]
+    assert divs and all(dtype == np.float32 for inputs in divs for dtype in inputs)
+    assert any("DIV kept in float" in n for n in result.notes)
+    got = run_tflite(result.path, {"x": quiet})  # stops with "data[i] != zero_point" if DIV were int8
+    assert np.isfinite(got).all()

@@ -280,6 +280,16 @@ def test_pad(mode, attrs, opset):
                {"p": _i64(0, 0, 1, 2, 0, 0, 2, 1), "v": np.array(0.5 if mode == "constant" else 0, np.float32)})
 
 
+@pytest.mark.parametrize("mode", ["reflect", "edge", "wrap"])
+@pytest.mark.parametrize("shape, pads", [
+    ((1, 20, 1), (0, 3, 0, 0, 2, 0)),  # tf2onnx's MirrorPad of a (batch, time, 1) signal: axis 1
+    ((2, 5, 6, 3), (0, 1, 2, 0, 0, 2, 1, 0)),  # channels-last image: the channel axis untouched, H and W
+    ((1, 4, 9, 9), (0, 1, 0, 0, 0, 2, 0, 0)),  # the channel axis itself
+])
+def test_non_constant_pad_on_any_axis(mode, shape, pads):
+    _check([_node("Pad", ["x", "p"], mode=mode)], {"x": _x(*shape)}, {"p": _i64(*pads)}, opset=19)
+
+
 @pytest.mark.parametrize("attrs, scales, sizes", [
     ({"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"},
      _f32(1, 1, 2, 2), None),

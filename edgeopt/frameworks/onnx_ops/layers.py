@@ -219,11 +219,18 @@ def pad(c: Call) -> Any:
     torch_pads = _torch_pad(pads)
     if mode == "constant":
         return F.pad(x, torch_pads, value=value)
-    # torch pads reflect/edge/wrap only on the trailing (spatial) axes, never on batch or channels.
-    leading = 2 * max(rank - 2, 1)
-    if any(torch_pads[leading:]):
-        raise c.fail(f"{mode} padding of the batch or channel axis is not supported")
-    return F.pad(x, torch_pads[:leading], mode={"reflect": "reflect", "edge": "replicate", "wrap": "circular"}[mode])
+    torch_mode = {"reflect": "reflect", "edge": "replicate", "wrap": "circular"}[mode]
+    # torch pads reflect/edge/wrap only on the trailing (spatial) axes; tf2onnx writes them on any
+    # axis (basic-pitch's MirrorPad of a (batch, time, 1) signal pads axis 1). One axis at a time,
+    # moved last and padded as a 1-D signal, is what ONNX (and numpy) define.
+    for axis in range(rank):
+        before, after = pads[axis], pads[axis + rank]
+        if not (before or after):
+            continue
+        moved = x.movedim(axis, -1)
+        flat = F.pad(moved.reshape(-1, 1, moved.shape[-1]), (before, after), mode=torch_mode)
+        x = flat.reshape(*moved.shape[:-1], flat.shape[-1]).movedim(-1, axis)
+    return x
 
 
 def _source_coords(mode: str, out: int, size: int, scale: float) -> np.ndarray:
