@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
 import tempfile
 import warnings
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,9 @@ from edgeopt.targets.base import NCHW_TO_NHWC, Axes
 def export_torch(source: LoadedModel, out: Path, *, precision: str, calib: Subset | None = None,
                  int8_io: bool = False, keep_layout: bool = False,
                  quant: QuantSettings = DEFAULT_QUANT) -> ExportResult:
+    if _is_torchscript(source):
+        return _torchscript_via_onnx(source, out, precision=precision, calib=calib, int8_io=int8_io,
+                                     keep_layout=keep_layout, quant=quant)
     if precision == "int8" and calib is not None:
         # ai-edge-quantizer calibrates with min/max only; layers in float are not offered here.
         check_quant("torch->tflite", quant, keep_float=bool(quant.keep_float))
@@ -79,6 +84,34 @@ def export_torch(source: LoadedModel, out: Path, *, precision: str, calib: Subse
             raise conversion_failure("ai-edge-quantizer", source.handle.path, exc) from exc
     compact_tensor_names(out)
     return ExportResult(out, label, notes)
+
+
+def _is_torchscript(source: LoadedModel) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(source.native, torch.jit.ScriptModule)
+
+
+# One ONNX form per TorchScript source: the pipeline exports the baseline and the artifact.
+_ONNX_FORMS: weakref.WeakKeyDictionary[LoadedModel, LoadedModel] = weakref.WeakKeyDictionary()
+
+
+def _torchscript_via_onnx(source: LoadedModel, out: Path, **options: Any) -> ExportResult:
+    """litert-torch traces with torch.export, which cannot read a ScriptModule; torch.onnx's
+    TorchScript exporter can. The ONNX graph then takes the ONNX -> TFLite route, checked against
+    ONNX Runtime before conversion as every ONNX source is."""
+    from edgeopt.exporters import tflite_onnx
+    from edgeopt.exporters.onnx import cached_float_graph, torch_to_onnx
+    from edgeopt.frameworks.onnx import OnnxModel
+
+    onnx_form = _ONNX_FORMS.get(source)
+    if onnx_form is None:
+        onnx_form = OnnxModel(source.handle.path, cached_float_graph(source, torch_to_onnx), [], quantized=False,
+                              pinned=True)
+        _ONNX_FORMS[source] = onnx_form
+    result = tflite_onnx.export_onnx(onnx_form, out, **options)
+    result.notes.insert(0, f"TorchScript -> TFLite: '{source.handle.path.name}' went through ONNX (torch.onnx's "
+                           "TorchScript exporter), since litert-torch cannot export a ScriptModule.")
+    return result
 
 
 def compact_tensor_names(path: Path) -> None:

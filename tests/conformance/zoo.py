@@ -90,6 +90,10 @@ CASES: tuple[Case, ...] = (
          "MTCNN O-net (facenet-pytorch): box, landmarks and face probability for 48x48 crops",
          ("state_dict + module file", "PReLU", "three outputs"), code="mtcnn_nets.py:ONet",
          ci=("tflite", "onnx")),
+    Case("mtcnn_onet_torchscript", "facenet-pytorch==2.6.0", "facenet_pytorch/data/onet.pt", "torchscript",
+         _one("x", lambda n, s: data.faces_mtcnn(n, s, 48)), "regression",
+         "the same trained O-net as a TorchScript file (torch.jit.trace)",
+         ("TorchScript", "PReLU", "three outputs"), code="mtcnn_nets.py:ONet", ci=("onnx",)),
     Case("mtcnn_rnet", "facenet-pytorch==2.6.0", "facenet_pytorch/data/rnet.pt", "torch_module",
          _one("x", lambda n, s: data.faces_mtcnn(n, s, 24)), "regression",
          "MTCNN R-net (facenet-pytorch): box and face probability for 24x24 crops",
@@ -176,6 +180,8 @@ def package_dir(spec: str) -> Path:
 
 def model_file(case: Case) -> Path:
     path = package_dir(case.package) / case.member
+    if case.kind == "torchscript" and case.code:
+        return _traced(case, path)
     if case.kind != "keras3":
         return path
     # A Keras 3 .keras of the same trained weights, written once by Keras 3 itself.
@@ -199,3 +205,27 @@ def write_data(case: Case, folder: Path, *, calib: int, val: int, seed: int = 0)
         np.savez(path, **case.inputs(count, seed + offset))
         paths.append(path)
     return paths[0], paths[1]
+
+
+def _traced(case: Case, weights: Path) -> Path:
+    """A TorchScript file of the package's trained weights, traced once by torch.jit.trace, as a
+    user exports one: no package ships a TorchScript CNN, and the weights are what matter."""
+    out = cache_dir() / "derived" / f"{case.id}.pt"
+    if out.is_file():
+        return out
+    import importlib.util
+
+    import torch
+
+    file, _, name = case.code.partition(":")
+    spec = importlib.util.spec_from_file_location(f"conformance_{case.id}", MODULES / file)
+    code = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(code)
+    module = getattr(code, name)()
+    module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    example = torch.from_numpy(next(iter(case.inputs(1, 0).values())))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.pt")
+    torch.jit.trace(module.eval(), example).save(str(tmp))
+    os.replace(tmp, out)
+    return out
