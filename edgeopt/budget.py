@@ -209,6 +209,13 @@ class Request:
     judge: Judge | None  # None without validation data: no search
 
 
+def quant_layers(key: str, model: LoadedModel, calib: cal.Subset | None, quant: QuantSettings,
+                 artifact: Path) -> list[Layer]:
+    """The layers the plain int8 ``artifact`` of ``model`` quantized, under the names overrides match
+    and the search keeps in float; `compress --list-layers` prints these same ones."""
+    return registry.resolve("quant-layers", key)(model, calib=calib, quant=quant, artifact=artifact)
+
+
 def run(req: Request, out: Path, scratch: Callable[[str], Path], say: Progress) -> Outcome:
     """Export ``req`` to ``out``: plain int8 when it meets the budgets, else with the fewest
     sensitive layers kept in float. Tries are exported to ``scratch(name)`` and removed."""
@@ -222,8 +229,7 @@ def run(req: Request, out: Path, scratch: Callable[[str], Path], say: Progress) 
     if not req.overrides and not searching:
         return Outcome(result, info)
     info["keep_float_mechanism"] = registry.KEEP_FLOAT[req.key]
-    layers: list[Layer] = registry.resolve("quant-layers", req.key)(req.model, calib=req.calib, quant=req.quant,
-                                                                    artifact=result.path)
+    layers = quant_layers(req.key, req.model, req.calib, req.quant, result.path)
     forced, warnings = apply_overrides(req.overrides, layers, f"the {req.target} artifact '{out.name}'")
     info["layers"] = len(layers)
     kept0 = tuple(layer.name for layer in layers if forced.get(layer.name) == "float")

@@ -215,9 +215,14 @@ def main(debug: bool) -> None:
 @click.option("--runs", type=click.IntRange(min=1), default=100, show_default=True, help="Timed latency runs.")
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed warm-up runs.")
 @click.option("--threads", type=click.IntRange(min=1), help="Runtime threads [default: all cores].")
+@click.option("--list-layers", is_flag=True,
+              help="Print the layer names --keep-float, recipe overrides and budgets match, per target "
+                   "(--target when given, else every target that can keep layers in float), and exit without "
+                   "writing anything. Needs --calib: the names are those of the full-integer int8 model; without "
+                   "calibration data int8 is dynamic range, which keeps no layer in float.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @handle_errors
-def compress(model, recipe_file, quiet, **flags):
+def compress(model, recipe_file, quiet, list_layers, **flags):
     """Compress MODEL for an edge target and validate the artifact against it.
 
     \b
@@ -233,6 +238,7 @@ def compress(model, recipe_file, quiet, **flags):
     values = _flag_values(given, flags)
     if model is not None:
         values["model"] = model
+    base: dict = {}
     if recipe_file is not None:
         base, lines = recipe.read_yaml(recipe_file)
         if "distill_epochs" in given and isinstance(base.get("distill"), dict):
@@ -242,6 +248,10 @@ def compress(model, recipe_file, quiet, **flags):
         raise UsageError("No model given.", hint="Pass MODEL, or --recipe FILE naming one.")
     else:
         config = recipe.validate("the command line", values)
+    if list_layers:
+        named = "target" in given or "targets" in base
+        _list_layers(config, config.targets if named else None, quiet)
+        return
     _run_and_show(config, quiet)
 
 
@@ -339,6 +349,30 @@ def _show(config, result) -> None:
         err.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
     names = ", ".join(sorted(result.files))
     out.print(f"Outputs in [bold]{escape(str(result.output_dir))}[/]: {escape(names)}")
+
+
+def _list_layers(config, targets: tuple[str, ...] | None, quiet: bool) -> None:
+    from rich.markup import escape
+
+    from edgeopt import jobs
+    from edgeopt.console import err, out, steps, table
+    from edgeopt.supervisor import supervise
+
+    request = (config, targets)
+    with steps(quiet) as progress:
+        listing = supervise(jobs.list_layers, request, progress, subject=config.model.name,
+                            preflight=lambda: jobs.check_list_layers(request))
+    rows = [[escape(target), escape(layer.name), escape(layer.op), escape(layer.label)]
+            for target, layers in listing.layers.items() for layer in layers]
+    shown = table(escape(f"layers of {config.model}"), ["target", "layer", "op", "label"], rows)
+    for column in shown.columns:
+        column.justify = "left"
+        column.overflow = "fold"  # a name cut short by an ellipsis could not be copied into --keep-float
+    out.print(shown)
+    for note in listing.notes:
+        err.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
+    out.print("--keep-float REGEX keeps in float each layer whose name or label it matches (re.search).",
+              highlight=False)
 
 
 def _quantization_lines(a: dict) -> list[str]:

@@ -13,8 +13,13 @@ def framework_rows() -> list[list[str]]:
     return rows
 
 
+def missing_distributions(kind: str, key: str) -> list[str]:
+    """The distributions a registry entry needs that are not installed."""
+    return [dist for _module, dist in REQUIRES.get((kind, key), ()) if version_of(dist) is None]
+
+
 def path_status(kind: str, key: str) -> str:
-    missing = [dist for _module, dist in REQUIRES.get((kind, key), ()) if version_of(dist) is None]
+    missing = missing_distributions(kind, key)
     if missing:
         extra = OPTIONAL.get(next(m for m, d in REQUIRES[(kind, key)] if d == missing[0]), ("", "all"))[1]
         return f"[red]needs {', '.join(missing)}[/] (pip install \"edgeopt[{extra}]\")"

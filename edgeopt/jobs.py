@@ -1,5 +1,6 @@
-"""The work that `edgeopt compress`, `run` and `validate` hand to a supervised child process
-(edgeopt.supervisor), and the checks the command makes itself before handing it over."""
+"""The work that `edgeopt compress` (and its --list-layers), `run` and `validate` hand to a
+supervised child process (edgeopt.supervisor), and the checks the command makes itself before
+handing it over."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 # Per job, what the child imports while the command checks the request: the two overlap.
-PRELOAD = {"compress": ("edgeopt.pipeline",), "validate": ("edgeopt.validate.job",)}
+PRELOAD = {"compress": ("edgeopt.pipeline",), "list_layers": ("edgeopt.pipeline",),
+           "validate": ("edgeopt.validate.job",)}
 
 
 def compress(config, progress) -> Any:
@@ -24,6 +26,20 @@ def check_compress(config) -> None:
 
     check_output_dir(config.output_dir())
     check_plan(config)
+
+
+def list_layers(request: tuple[Any, tuple[str, ...] | None], progress) -> Any:
+    from edgeopt.pipeline import list_layers as run
+
+    config, targets = request
+    return run(config, targets, progress)
+
+
+def check_list_layers(request: tuple[Any, tuple[str, ...] | None]) -> None:
+    """Refusals that need no framework: no calibration data, a target that keeps no layer in float."""
+    from edgeopt.pipeline import check_listing
+
+    check_listing(*request)
 
 
 def validate(request: tuple[Any, Path], progress) -> dict[str, Any]:

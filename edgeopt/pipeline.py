@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,7 +16,8 @@ from edgeopt import budget
 from edgeopt import calibration as cal
 from edgeopt import recipe, registry
 from edgeopt.errors import BudgetMissed, EdgeoptError, InputRejected, UsageError
-from edgeopt.exporters.base import DEFAULT_PERCENTILE, QuantSettings, check_quant
+from edgeopt.doctor import missing_distributions
+from edgeopt.exporters.base import DEFAULT_PERCENTILE, Layer, QuantSettings, check_quant
 from edgeopt.formats import SOURCE_FORMATS, detect_format, suffix_mismatch
 from edgeopt.frameworks.base import LoadedModel
 from edgeopt.model import Format, TensorSpec
@@ -151,6 +153,39 @@ def load_source(path: Path, *, trust: bool, weights: Path | None = None,
     return source, notes + list(source.handle.metadata.get("notes", []))
 
 
+def image_options(config: recipe.CompressConfig) -> cal.ImageOptions:
+    c = config.calibration
+    return cal.ImageOptions(size=c.image_size, mean=c.mean, std=c.std, layout=c.layout, color=c.color)
+
+
+def open_calibration(config: recipe.CompressConfig, inputs: list[TensorSpec],
+                     images: cal.ImageOptions) -> tuple[cal.Subset | None, cal.Subset | None]:
+    """The calibration samples, and those held back from them for validation; (None, None) without data."""
+    if config.calibration.data is None:
+        return None, None
+    calib_source = cal.open_data(config.calibration.data, inputs, images, role="calibration")
+    # Samples are held back only for a validation that will run on them.
+    held_back = config.validation.enabled and config.validation.data is None
+    keep_back = cal.holdout_size(calib_source.count) if held_back else 0
+    calib, holdout = cal.select(calib_source, samples=config.calibration.samples,
+                                seed=config.calibration.seed, holdout=keep_back)
+    calib.check_finite()
+    return calib, holdout
+
+
+def _stem(config: recipe.CompressConfig, source: LoadedModel) -> str:
+    return source.handle.metadata.get("stem") or (config.model.stem if config.model.is_file() else config.model.name)
+
+
+def _exporting(config: recipe.CompressConfig, exporter: Callable, model: LoadedModel,
+               calib: cal.Subset | None) -> budget.Export:
+    """``exporter`` with everything but the path and the quantization settings fixed by ``config``."""
+    def export(path: Path, settings: QuantSettings) -> Any:
+        return exporter(model, path, precision=config.precision, calib=calib, int8_io=config.int8_io,
+                        keep_layout=config.keep_layout, quant=settings)
+    return export
+
+
 def _fix_sizes_for_tflite(config: recipe.CompressConfig, source: LoadedModel, data: cal.Subset | None,
                           notes: list[str]) -> LoadedModel:
     """An ONNX source with free sizes past the batch axis, bound for TFLite (which has fixed sizes
@@ -185,18 +220,9 @@ def compress(config: recipe.CompressConfig, progress: Progress | None = None) ->
     inputs = source.handle.inputs
 
     say("Checking calibration and validation data")
-    images = cal.ImageOptions(size=config.calibration.image_size, mean=config.calibration.mean,
-                              std=config.calibration.std, layout=config.calibration.layout,
-                              color=config.calibration.color)
-    calib = holdout = val = None
-    if config.calibration.data is not None:
-        calib_source = cal.open_data(config.calibration.data, inputs, images, role="calibration")
-        # Samples are held back only for a validation that will run on them.
-        held_back = config.validation.enabled and config.validation.data is None
-        keep_back = cal.holdout_size(calib_source.count) if held_back else 0
-        calib, holdout = cal.select(calib_source, samples=config.calibration.samples,
-                                    seed=config.calibration.seed, holdout=keep_back)
-        calib.check_finite()
+    images = image_options(config)
+    calib, holdout = open_calibration(config, inputs, images)
+    val = None
     if config.validation.enabled:
         if config.validation.data is not None:
             val_source = cal.open_data(config.validation.data, inputs, images, role="validation")
@@ -220,8 +246,7 @@ def compress(config: recipe.CompressConfig, progress: Progress | None = None) ->
 
     with OutputStage(out_dir) as stage:
         artifacts = []
-        stem = source.handle.metadata.get("stem") or \
-            (config.model.stem if config.model.is_file() else config.model.name)
+        stem = _stem(config, source)
         for target in config.targets:
             say(f"Converting to {target}")
             exporter = registry.resolve("exporter", f"{source.handle.framework}->{target}")
@@ -238,11 +263,7 @@ def compress(config: recipe.CompressConfig, progress: Progress | None = None) ->
                                                     precision="fp32", keep_layout=keep, quant=quant)
             name = f"{stem}_{config.precision}.{ARTIFACT_SUFFIX.get(target, target)}"
             say(f"Quantizing to {config.precision}" if config.precision != "fp32" else "Writing fp32 artifact")
-
-            def export(path: Path, settings: QuantSettings, exporter=exporter) -> Any:
-                return exporter(model, path, precision=config.precision, calib=calib, int8_io=config.int8_io,
-                                keep_layout=keep, quant=settings)
-
+            export = _exporting(config, exporter, model, calib)
             outcome = None
             if config.precision == "int8" and calib is not None:
                 judge = budget.Judge(target, source, val, metric, config.validation.threads) \
@@ -318,6 +339,84 @@ def _budget_checks(config: recipe.CompressConfig, entry: dict[str, Any]) -> list
     found = budget.checks(config.budgets, fidelity_drop=budget.fidelity_drop(fidelity) if fidelity else None,
                           accuracy_drop=accuracy_drop, speedup=entry.get("speedup"), size=entry.get("size_bytes"))
     return [c.to_dict() for c in found]
+
+
+@dataclass
+class Listing:
+    """What `compress --list-layers` found: each target's layers, and notes on the model and targets."""
+
+    layers: dict[str, list[Layer]]
+    notes: list[str]
+
+
+def check_listing(config: recipe.CompressConfig, targets: tuple[str, ...] | None) -> None:
+    """Refuse, before any work, a layer listing that cannot be made. The layers are those of the
+    full-integer int8 model that --keep-float and budgets work on, which needs calibration data:
+    without it compress makes dynamic-range int8, where it keeps no layer in float."""
+    if config.precision != "int8":
+        raise UsageError(f"Layers are kept in float inside an int8 model; precision is {config.precision}.",
+                         hint="Drop --precision (int8 is the default) to list the layers.")
+    if config.calibration.data is None:
+        raise UsageError("Listing layers needs calibration data, and none was given: without it int8 is dynamic "
+                         "range, which keeps no layer in float.",
+                         hint="Pass --calib PATH: the data compress will calibrate on.")
+    framework = source_framework(config.model)
+    if framework is None:
+        return
+    for target in targets or ():
+        check_quant(f"{framework}->{target}", quant_settings(config), keep_float=True)
+
+
+def listable_targets(framework: str, quant: QuantSettings, notes: list[str]) -> list[str]:
+    """The targets that keep layers of ``framework`` in float, calibrate with ``quant.method`` and are
+    installed; all that keep layers in float when none of them is, so that the first says what it lacks."""
+    keys = [key for kind, key in registry.ENTRIES if kind == "quant-layers" and key.startswith(f"{framework}->")]
+    usable = []
+    for key in keys:
+        target = key.split("->")[1]
+        lacking = missing_distributions("exporter", key) + missing_distributions("runtime", target)
+        if quant.method not in registry.CALIBRATION.get(key, {}):
+            notes.append(f"{target}: not listed; its quantizer has no calibration method '{quant.method}'.")
+        elif lacking:
+            notes.append(f"{target}: not listed; it needs {', '.join(lacking)}, which is not installed.")
+        else:
+            usable.append(target)
+    return usable or [key.split("->")[1] for key in keys]
+
+
+def list_layers(config: recipe.CompressConfig, targets: tuple[str, ...] | None = None,
+                progress: Progress | None = None) -> Listing:
+    """Per target (``targets``, else every listable one), the layers that --keep-float, recipe
+    overrides and budgets choose from: those of the plain int8 artifact compress makes first, made
+    from the same model, samples and settings in a temporary folder, and read as the search reads them."""
+    say = progress or (lambda _msg: None)
+    check_listing(config, targets)
+    say("Loading the model")
+    source, notes = load_source(config.model, trust=config.trust_model, weights=config.weights,
+                                input_shapes=config.input_shapes, calib=config.calibration.data)
+    say("Checking calibration data")
+    images = image_options(config)
+    calib, _held_back = open_calibration(config, source.handle.inputs, images)
+    # No _fix_sizes_for_tflite: it changes ONNX sources bound for TFLite, which keeps no layer of them in float.
+    model, _stages = run_passes(config, source, calib, images, notes, say)
+    framework = source.handle.framework
+    found: dict[str, list[Layer]] = {}
+    with tempfile.TemporaryDirectory(prefix="edgeopt-layers-") as scratch:
+        for target in targets or listable_targets(framework, quant_settings(config), notes):
+            artifact = Path(scratch) / f"{_stem(config, source)}_int8.{ARTIFACT_SUFFIX.get(target, target)}"
+            found[target] = _target_layers(config, f"{framework}->{target}", model, calib, artifact, say)
+    return Listing(found, notes)
+
+
+def _target_layers(config: recipe.CompressConfig, key: str, model: LoadedModel, calib: cal.Subset,
+                   artifact: Path, say: Progress) -> list[Layer]:
+    quant = quant_settings(config)
+    check_quant(key, quant, keep_float=True)
+    target = key.split("->")[1]
+    say(f"Converting to {target}")
+    exported = _exporting(config, registry.resolve("exporter", key), model, calib)(artifact, quant)
+    say(f"Listing the layers of the {target} artifact")
+    return budget.quant_layers(key, model, calib, quant, exported.path)
 
 
 def run_passes(config: recipe.CompressConfig, source: LoadedModel, calib: cal.Subset | None,
