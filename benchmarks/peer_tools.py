@@ -2,7 +2,8 @@
 
 Each function takes the source (``Source``), the calibration samples edgeopt gets (one array per
 input, batch first, in the source's layout) and an output path; it writes the int8 artifact and
-returns the paths it wrote. Nothing here is tuned:
+returns the paths it wrote (an input given as a list holds whole-tensor samples; see ``_rows``).
+Nothing here is tuned:
 where a tool has a switch, its default is kept. The only settings given are the ones a user must
 give: the calibration data and, for OpenVINO, a static input shape (edgeopt's artifacts are
 static too).
@@ -46,8 +47,10 @@ def quiet() -> Iterator[None]:
 
 
 def _rows(calib: list[np.ndarray]) -> Iterator[list[np.ndarray]]:
+    """One sample at a time, each input with a batch axis of 1; an input given as a list of arrays
+    takes its samples as they are (whole tensors: a recurrent state, a 0-d sample rate)."""
     for i in range(len(calib[0])):
-        yield [a[i:i + 1] for a in calib]
+        yield [a[i] if isinstance(a, list) else a[i:i + 1] for a in calib]
 
 
 def tflite_converter(source: Source, calib: list[np.ndarray], out: Path) -> list[Path]:

@@ -182,11 +182,12 @@ class DataSource:
             )
         self.count = next(iter(counts.values()))
         self.dtypes: dict[str, np.dtype] = {}  # what each input is cast to; set once checked
+        self.whole: set[str] = set()  # inputs whose samples are the whole tensor (WHOLE), set once checked
         if self.count == 0:
             raise InputRejected(f"'{path}' holds no samples.")
 
     def samples(self, indices: Sequence[int]) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-        """Yield ``(index, {input name: row with a batch axis of 1})`` for sorted ``indices``."""
+        """Yield ``(index, {input name: row with a batch axis of 1, or the whole tensor})`` for sorted ``indices``."""
         ordered = sorted(indices)
         iters = {name: col.rows(ordered) for name, col in self.columns.items()}
         for i in ordered:
@@ -200,7 +201,7 @@ class DataSource:
                         hint="Remove or repair that sample; calibration needs finite numbers.",
                     )
                 dtype = self.dtypes.get(name, value.dtype)
-                row[name] = value[np.newaxis, ...].astype(dtype, copy=False)
+                row[name] = (value if name in self.whole else value[np.newaxis, ...]).astype(dtype, copy=False)
             yield i, row
 
     def label_values(self, indices: Sequence[int]) -> np.ndarray | None:
@@ -213,7 +214,9 @@ class DataSource:
 
 
 def stack(rows: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Rows of single samples as one batch per input."""
+    """Rows of single samples as one batch per input (one row as it is: it may hold whole tensors)."""
+    if len(rows) == 1:
+        return dict(rows[0])
     return {name: np.concatenate([r[name] for r in rows]) for name in rows[0]}
 
 
@@ -234,12 +237,24 @@ class Subset:
     def labels(self) -> np.ndarray | None:
         return self.source.label_values(self.indices)
 
+    @property
+    def batchable(self) -> bool:
+        """Whether samples can be joined along a batch axis: not when an input takes whole tensors."""
+        return not self.source.whole
+
     def stacked(self) -> dict[str, np.ndarray]:
         """All selected samples as one batch per input (for reference runs on small sets)."""
+        if not self.batchable:
+            raise InputRejected(
+                f"The inputs {', '.join(sorted(self.source.whole))} of '{self.source.path}' take whole tensors, not "
+                "batches of samples; this step needs batches.",
+                hint="Give those inputs a batch axis first, or leave out the step that needs it.")
         return stack(list(self))
 
     def chunks(self, size: int) -> Iterator[list[dict[str, np.ndarray]]]:
-        """The samples, streamed in lists of at most ``size`` rows."""
+        """The samples, streamed in lists of at most ``size`` rows: one when they cannot be batched,
+        so a caller's ``stack`` of a chunk is always a valid model input."""
+        size = size if self.batchable else 1
         pending: list[dict[str, np.ndarray]] = []
         for row in self:
             pending.append(row)
@@ -282,7 +297,8 @@ def open_data(path: Path | str, inputs: Sequence[TensorSpec], images: ImageOptio
             hint="Save arrays with numpy.savez(path, <input name>=array, labels=labels).",
         )
     for spec in inputs:
-        _check_column(source.columns[spec.name], spec, role)
+        if _check_column(source.columns[spec.name], spec, role) == WHOLE:
+            source.whole.add(spec.name)
         source.dtypes[spec.name] = np.dtype(spec.dtype)
     if source.labels is not None and source.labels.dtype.kind not in "biuf":
         raise InputRejected(f"The {role} labels {source.labels.origin} have dtype {source.labels.dtype}; "
@@ -421,10 +437,25 @@ def _image_loader(spec: TensorSpec, opts: ImageOptions, folder: Path, first: Pat
     return load, shape
 
 
-def _check_column(col: _Column, spec: TensorSpec, role: str) -> None:
+# How a sample of an array feeds its input: with a batch axis of 1 added (the usual case), or as
+# the whole input tensor, for inputs that have no batch axis first: a recurrent state laid out
+# (layers, batch, units), a 0-d sample rate, a sequence of frames.
+BATCHED, WHOLE = "batched", "whole"
+
+
+def _fits(got: tuple[int, ...], want: tuple[int | None, ...]) -> bool:
+    return len(got) == len(want) and all(w is None or w == g for w, g in zip(want, got))
+
+
+def _check_column(col: _Column, spec: TensorSpec, role: str) -> str:
+    """BATCHED or WHOLE, for an array whose samples fit the input; else a clear refusal."""
     got = col.shape[1:]
     want = spec.sample_shape
-    if len(got) != len(want) or any(w is not None and w != g for w, g in zip(want, got)):
+    if not spec.shape or (not _fits(got, want) and _fits(got, spec.shape) and not _fits((1, *got), spec.shape)):
+        mode = WHOLE  # a 0-d input has no batch axis to add
+    else:
+        mode = BATCHED
+    if not _fits(got, spec.shape if mode == WHOLE else want):
         hint = "Arrays need the samples along the first axis, then the model input's shape."
         if len(got) == len(want) and sorted(got) == sorted(d for d in want if d is not None):
             hint = ("The same sizes in another order: the data looks like the other layout "
@@ -451,6 +482,7 @@ def _check_column(col: _Column, spec: TensorSpec, role: str) -> None:
             f"The {role} array {col.origin} has dtype {col.dtype}; model input '{spec.name}' "
             f"expects {spec.dtype}.",
         )
+    return mode
 
 
 def select(source: DataSource, *, samples: int, seed: int, holdout: int = 0) -> tuple[Subset, Subset | None]:

@@ -196,7 +196,7 @@ def _fix_sizes_for_tflite(config: recipe.CompressConfig, source: LoadedModel, da
     if not free:
         return source
     row = next(iter(data))
-    shapes = {t.name: (1, *np.shape(row[t.name])[1:]) for t in source.handle.inputs}
+    shapes = {t.name: tuple(np.shape(row[t.name])) for t in source.handle.inputs}  # rows hold the full input shape
     from edgeopt.frameworks.onnx import with_input_shapes
 
     fixed = with_input_shapes(source, shapes)

@@ -106,5 +106,10 @@ def conversion_failure(tool: str, model: Path, exc: Exception) -> ConversionErro
         lines = lines[summary_at + 1:]
     detail = next((line for line in lines if "not supported" in line.lower() or "unsupported" in line.lower()), None)
     summary = detail or (lines[0] if lines else type(exc).__name__)
+    # OpenVINO's frontend ends with the ops it could not convert ("-- Conversion is failed for:
+    # Conv-15, ReduceMean-15"): the names the user can act on.
+    failed = next((line.lstrip("- ") for line in lines if line.lstrip("- ").startswith("Conversion is failed for")), None)
+    if failed and failed not in summary:
+        summary = f"{summary} ({failed})"
     return ConversionError(f"{tool} failed on '{model}': {summary[:500]}",
                            hint="Run with --debug for the converter's full log.")

@@ -152,9 +152,10 @@ def _static_batch(ov: Any, model: Any, source: LoadedModel) -> None:
         if spec is None:
             continue
         current = port.get_partial_shape()
-        if current.rank.is_dynamic or current.rank.get_length() != len(spec.shape):
+        if current.rank.is_dynamic or current.rank.get_length() != len(spec.shape) or not spec.shape:
             continue
-        dims = [1] + [d if d is not None else -1 for d in spec.shape[1:]]
+        # A fixed first size is not a batch (a recurrent state's (layers, batch, units)): kept.
+        dims = [1 if spec.shape[0] is None else spec.shape[0]] + [d if d is not None else -1 for d in spec.shape[1:]]
         shapes[port] = ov.PartialShape(dims)
     if shapes:
         try:

@@ -262,10 +262,14 @@ class OnnxModel(LoadedModel):
 
     def predict(self, feed: dict[str, np.ndarray], batch_size: int = 64) -> list[np.ndarray]:
         specs = self.handle.inputs
-        count = len(feed[specs[0].name])
+        first = feed[specs[0].name]
+        count = len(first) if np.ndim(first) else 1
         # A fixed leading dimension (often 1) is the largest batch the graph accepts.
         fixed = specs[0].shape[0] if specs[0].shape else None
         step = fixed or batch_size
+        if count <= step:  # one run, the feed as it is: it may hold whole tensors (a 0-d sample rate)
+            return [np.asarray(o) for o in self._session.run(
+                None, {s.name: np.asarray(feed[s.name], dtype=s.dtype) for s in specs})]
         chunks: list[list[np.ndarray]] = []
         for start in range(0, count, step):
             batch = {s.name: np.asarray(feed[s.name][start:start + step], dtype=s.dtype) for s in specs}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -12,9 +14,15 @@ def is_classifier(output: np.ndarray) -> bool:
 
 def fidelity(reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict[str, float]:
     """Compare outputs sample by sample. Every output counts for cosine, error and SQNR;
-    top-1 agreement uses the first output when it is a classifier."""
-    ref = np.concatenate([r.reshape(len(r), -1) for r in reference], axis=1).astype(np.float64)
-    cand = np.concatenate([c.reshape(len(c), -1) for c in candidate], axis=1).astype(np.float64)
+    top-1 agreement uses the first output when it is a classifier.
+
+    Outputs are the samples' outputs joined along axis 0. Most have one row per sample; a model
+    fed whole tensors may give a sample several (a (2, batch, 128) recurrent state), and the
+    samples' blocks still lie one after another: the greatest common divisor of the lengths
+    splits every output into the same rows, one per sample."""
+    rows = math.gcd(*(len(r) for r in reference)) if reference else 0
+    ref = np.concatenate([r.reshape(rows, -1) for r in reference], axis=1).astype(np.float64)
+    cand = np.concatenate([c.reshape(rows, -1) for c in candidate], axis=1).astype(np.float64)
     if ref.shape != cand.shape:
         raise ValueError(f"output shapes differ: {ref.shape} vs {cand.shape}")
     norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)

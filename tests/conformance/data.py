@@ -236,3 +236,13 @@ def sound_windows(count: int, seed: int, rate: int, length: int) -> np.ndarray:
             at = int(rng.integers(0, length - len(piece) + 1))
             out[i, at:at + len(piece)] += level * piece
     return np.clip(out, -1.0, 1.0)
+
+
+def vad_chunks(count: int, seed: int, *, with_rate: bool) -> dict[str, np.ndarray]:
+    """Silero VAD's inputs as its own wrapper feeds them at 16 kHz: 512 new samples after the 64 of
+    context, the recurrent state of a stream's first chunk (zeros, (2, batch, 128)), and the
+    sample rate as a 0-d int64, one per sample."""
+    feed = {"input": sound_windows(count, seed, 16000, 576), "state": np.zeros((count, 2, 1, 128), np.float32)}
+    if with_rate:
+        feed["sr"] = np.full((count,), 16000, np.int64)
+    return feed

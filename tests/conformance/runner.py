@@ -92,11 +92,14 @@ def peer_defaults(case: zoo.Case, target: str, work: Path, calib: Path, val: Pat
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import peer_tools
 
+    from edgeopt import calibration as cal
+
     source = load_reference_model(case, calib)
     arrays = dict(np.load(calib))
     names = source.handle.input_names
-    rows = [arrays[n] for n in names]
-    example = tuple(a[:1] for a in rows)
+    whole = cal.open_data(calib, source.handle.inputs).whole
+    rows = [list(arrays[n]) if n in whole else arrays[n] for n in names]
+    example = tuple(a[0] if isinstance(a, list) else a[:1] for a in rows)
     if case.kind in ("torch_module", "torchscript"):
         import torch
 
@@ -131,7 +134,8 @@ def _sized_onnx(case: zoo.Case, source, rows: list[np.ndarray], work: Path) -> P
     path = Path(case.model_args()[0])
     if all(d is not None for t in source.handle.inputs for d in t.shape):
         return path
-    shapes = {t.name: (1, *a.shape[1:]) for t, a in zip(source.handle.inputs, rows)}
+    shapes = {t.name: np.shape(a[0]) if isinstance(a, list) else (1, *a.shape[1:])
+              for t, a in zip(source.handle.inputs, rows)}
     model, _ = pin_inputs(onnx, onnx.load(str(path)), shapes, path)
     sized = work / f"{path.stem}_sized.onnx"
     onnx.save(model, str(sized))
