@@ -368,3 +368,48 @@ def test_fortran_order_npz_member_is_rejected(tmp_path):
     np.savez(path, image=np.asfortranarray(_array(4)))
     with pytest.raises(InputRejected, match="Fortran order"):
         cal.open_data(path, [IMAGE])
+
+
+# --- inputs without a batch axis first ----------------------------------------------------------
+
+AUDIO = TensorSpec("input", (None, 576), "float32")
+STATE = TensorSpec("state", (2, None, 128), "float32")  # (layers, batch, units), as Silero VAD's
+RATE = TensorSpec("sr", (), "int64")
+
+
+@pytest.fixture
+def streaming(tmp_path):
+    path = tmp_path / "vad.npz"
+    rng = np.random.default_rng(0)
+    np.savez(path, input=rng.normal(size=(5, 576)).astype(np.float32),
+             state=rng.normal(size=(5, 2, 1, 128)).astype(np.float32), sr=np.full((5,), 16000, np.int64))
+    return path
+
+
+def test_samples_that_are_whole_tensors_feed_as_they_are(streaming):
+    source = cal.open_data(streaming, [AUDIO, STATE, RATE])
+    assert source.whole == {"state", "sr"}
+    subset, _ = cal.select(source, samples=5, seed=0)
+    stored = dict(np.load(streaming))
+    for index, row in zip(subset.indices, subset):
+        assert row["input"].shape == (1, 576) and row["state"].shape == (2, 1, 128) and row["sr"].shape == ()
+        np.testing.assert_array_equal(row["state"], stored["state"][index])
+        assert int(row["sr"]) == 16000 and row["sr"].dtype == np.int64
+
+
+def test_whole_tensor_samples_are_never_batched(streaming):
+    subset, _ = cal.select(cal.open_data(streaming, [AUDIO, STATE, RATE]), samples=5, seed=0)
+    assert not subset.batchable
+    chunks = list(subset.chunks(32))
+    assert [len(c) for c in chunks] == [1] * 5
+    assert cal.stack(chunks[0])["state"].shape == (2, 1, 128)  # one row stays as it is
+    with pytest.raises(InputRejected, match="take whole tensors"):
+        subset.stacked()
+
+
+def test_a_whole_tensor_of_the_wrong_shape_is_refused_naming_the_input(tmp_path):
+    path = tmp_path / "vad.npz"
+    np.savez(path, input=np.zeros((3, 576), np.float32), state=np.zeros((3, 3, 1, 128), np.float32),
+             sr=np.full((3,), 16000, np.int64))
+    with pytest.raises(InputRejected, match=r"sample shape \(3, 1, 128\).*'state'"):
+        cal.open_data(path, [AUDIO, STATE, RATE])

@@ -83,3 +83,19 @@ def test_is_classifier():
     assert fid.is_classifier(np.zeros((4, 3)))
     assert not fid.is_classifier(np.zeros((4, 1)))
     assert not fid.is_classifier(np.zeros((4, 3, 2)))
+
+
+def test_outputs_with_several_rows_per_sample_are_compared_sample_by_sample():
+    """A (2, batch, 128) state joined over 4 samples is 8 rows; with the (4, 1) probability, each
+    sample's cosine takes its own two rows, so one bad sample lowers the mean by a quarter."""
+    rng = np.random.default_rng(0)
+    prob = rng.uniform(size=(4, 1))
+    state = rng.normal(size=(8, 1, 128))
+    bad = state.copy()
+    bad[2:4] *= -1  # sample 1's state, sign-flipped: cosine -1 there, 1 elsewhere (nearly)
+    found = fid.fidelity([prob, state], [prob, bad])
+    per_sample = [np.dot(np.r_[prob[i], state[2 * i:2 * i + 2].ravel()], np.r_[prob[i], bad[2 * i:2 * i + 2].ravel()])
+                  / np.dot(np.r_[prob[i], state[2 * i:2 * i + 2].ravel()], np.r_[prob[i], state[2 * i:2 * i + 2].ravel()])
+                  for i in range(4)]
+    assert found["cosine"] == pytest.approx(np.mean(per_sample), abs=1e-9)
+    assert found["cosine"] < 0.6
