@@ -228,7 +228,7 @@ def run(req: Request, out: Path, scratch: Callable[[str], Path], say: Progress) 
     searching = req.budgets.drives_search() and req.judge is not None
     if not req.overrides and not searching:
         return Outcome(result, info)
-    info["keep_float_mechanism"] = registry.KEEP_FLOAT[req.key]
+    info["keep_float_mechanism"] = registry.export_path(req.key).keep_float
     layers = quant_layers(req.key, req.model, req.calib, req.quant, result.path)
     forced, warnings = apply_overrides(req.overrides, layers, f"the {req.target} artifact '{out.name}'")
     info["layers"] = len(layers)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from edgeopt.deps import OPTIONAL, version_of
-from edgeopt.registry import ENTRIES, REQUIRES
+from edgeopt.registry import entries, requirements
 
 
 def framework_rows() -> list[list[str]]:
@@ -15,16 +15,16 @@ def framework_rows() -> list[list[str]]:
 
 def missing_distributions(kind: str, key: str) -> list[str]:
     """The distributions a registry entry needs that are not installed."""
-    return [dist for _module, dist in REQUIRES.get((kind, key), ()) if version_of(dist) is None]
+    return [dist for _module, dist in requirements(kind, key) if version_of(dist) is None]
 
 
 def path_status(kind: str, key: str) -> str:
     missing = missing_distributions(kind, key)
     if missing:
-        extra = OPTIONAL.get(next(m for m, d in REQUIRES[(kind, key)] if d == missing[0]), ("", "all"))[1]
+        extra = OPTIONAL.get(next(m for m, d in requirements(kind, key) if d == missing[0]), ("", "all"))[1]
         return f"[red]needs {', '.join(missing)}[/] (pip install \"edgeopt[{extra}]\")"
     return "[green]ready[/]"
 
 
 def path_rows() -> list[list[str]]:
-    return [[kind, key, path_status(kind, key)] for kind, key in ENTRIES]
+    return [[kind, key, path_status(kind, key)] for kind, key in entries()]

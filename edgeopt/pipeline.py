@@ -370,12 +370,12 @@ def check_listing(config: recipe.CompressConfig, targets: tuple[str, ...] | None
 def listable_targets(framework: str, quant: QuantSettings, notes: list[str]) -> list[str]:
     """The targets that keep layers of ``framework`` in float, calibrate with ``quant.method`` and are
     installed; all that keep layers in float when none of them is, so that the first says what it lacks."""
-    keys = [key for kind, key in registry.ENTRIES if kind == "quant-layers" and key.startswith(f"{framework}->")]
+    keys = [p.key for p in registry.EXPORTS if p.layers and p.key.startswith(f"{framework}->")]
     usable = []
     for key in keys:
         target = key.split("->")[1]
         lacking = missing_distributions("exporter", key) + missing_distributions("runtime", target)
-        if quant.method not in registry.CALIBRATION.get(key, {}):
+        if quant.method not in registry.export_path(key).calibration:
             notes.append(f"{target}: not listed; its quantizer has no calibration method '{quant.method}'.")
         elif lacking:
             notes.append(f"{target}: not listed; it needs {', '.join(lacking)}, which is not installed.")

@@ -1,130 +1,183 @@
-"""The one table that picks an implementation by name. Entries are resolved lazily, so nothing
-heavy is imported until a run needs it, and a test resolves every entry.
+"""One record per path, which picks an implementation by name. Implementations are named as
+"module:attribute" and resolved lazily, so nothing heavy is imported until a run needs it, and a
+test resolves every one and checks every export record is complete.
+
+A new backend adds one record here: everything about a path (what it needs installed, the
+calibration methods its quantizer does, how it keeps layers in float) lives in that record, so
+no second table can fall out of step with it.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from edgeopt.errors import ConversionError
 
-# (kind, key) -> "module:attribute"
-ENTRIES: dict[tuple[str, str], str] = {
-    # importers, by source format
-    ("loader", "keras_h5"): "edgeopt.frameworks.keras:load",
-    ("loader", "keras"): "edgeopt.frameworks.keras:load",
-    ("loader", "saved_model"): "edgeopt.frameworks.keras:load",
-    ("loader", "onnx"): "edgeopt.frameworks.onnx:load",
-    ("loader", "torch_module"): "edgeopt.frameworks.torch:load",
-    ("loader", "torchscript"): "edgeopt.frameworks.torch:load",
-    ("loader", "torch_export"): "edgeopt.frameworks.torch:load",
-    ("loader", "torch_pickle"): "edgeopt.frameworks.torch:load",
-    # exporters, by "<source framework>-><target>"
-    ("exporter", "keras->tflite"): "edgeopt.exporters.tflite:export_keras",
-    ("exporter", "torch->tflite"): "edgeopt.exporters.tflite_torch:export_torch",
-    ("exporter", "onnx->tflite"): "edgeopt.exporters.tflite_onnx:export_onnx",
-    ("exporter", "keras->onnx"): "edgeopt.exporters.onnx:export_keras",
-    ("exporter", "torch->onnx"): "edgeopt.exporters.onnx:export_torch",
-    ("exporter", "onnx->onnx"): "edgeopt.exporters.onnx:export_onnx",
-    ("exporter", "keras->openvino"): "edgeopt.exporters.openvino:export_keras",
-    ("exporter", "torch->openvino"): "edgeopt.exporters.openvino:export_torch",
-    ("exporter", "onnx->openvino"): "edgeopt.exporters.openvino:export_onnx",
-    # runtimes, by artifact format
-    ("runtime", "tflite"): "edgeopt.targets.litert:open_session",
-    ("runtime", "onnx"): "edgeopt.targets.onnxruntime:open_session",
-    ("runtime", "openvino"): "edgeopt.targets.openvino:open_session",
-    # the layers an int8 artifact quantized, named as the backend's exclusion mechanism names them
-    # (per-layer overrides and the accuracy-budget search), by exporter key
-    ("quant-layers", "keras->tflite"): "edgeopt.exporters.tflite:keras_layers",
-    ("quant-layers", "keras->onnx"): "edgeopt.exporters.onnx:quantized_layers",
-    ("quant-layers", "torch->onnx"): "edgeopt.exporters.onnx:quantized_layers",
-    ("quant-layers", "onnx->onnx"): "edgeopt.exporters.onnx:quantized_layers",
-    ("quant-layers", "keras->openvino"): "edgeopt.exporters.openvino:quantized_layers",
-    ("quant-layers", "torch->openvino"): "edgeopt.exporters.openvino:quantized_layers",
-    ("quant-layers", "onnx->openvino"): "edgeopt.exporters.openvino:quantized_layers",
-    # passes, by "<step>:<source framework>"
-    ("pass", "prune:keras"): "edgeopt.passes.prune.keras:run",
-    ("pass", "distill:keras"): "edgeopt.passes.distill.keras:run",
-    ("pass", "prune:torch"): "edgeopt.passes.prune.torch:run",
-    ("pass", "distill:torch"): "edgeopt.passes.distill.torch:run",
+# What a path needs installed, as (import name, distribution) pairs; `edgeopt doctor` reads them.
+Requires = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Loader:
+    key: str  # source format (a formats.Format value)
+    loader: str  # "module:attr"
+    requires: Requires
+
+
+@dataclass(frozen=True)
+class ExportPath:
+    key: str  # "<source framework>-><target>"
+    exporter: str  # "module:attr"
+    requires: Requires
+    # Calibration methods the int8 quantizer offers, each with the backend mechanism that does it.
+    # A method missing here is refused before any work (exit 2), never replaced by another; "auto"
+    # is the backend's own default, which is what its users get without edgeopt.
+    calibration: Mapping[str, str]
+    # The backend mechanism that keeps named layers in float; None: the path refuses per-layer
+    # overrides and accuracy budgets.
+    keep_float: str | None = None
+    # "module:attr" listing the layers an int8 artifact quantized, named as ``keep_float`` names
+    # them (overrides, the budget search, --list-layers); set exactly when ``keep_float`` is.
+    layers: str | None = None
+
+    def __post_init__(self):
+        # Several records share one calibration dict; frozen means nobody can edit it through one.
+        object.__setattr__(self, "calibration", MappingProxyType(dict(self.calibration)))
+
+
+@dataclass(frozen=True)
+class Runtime:
+    key: str  # artifact format
+    open_session: str  # "module:attr"
+    requires: Requires
+
+
+@dataclass(frozen=True)
+class Pass:
+    key: str  # "<step>:<source framework>"
+    run: str  # "module:attr"
+    requires: Requires
+
+
+KERAS, H5PY, TF = ("keras", "keras"), ("h5py", "h5py"), ("tensorflow", "tensorflow-cpu")
+TORCH, ONNX, ORT = ("torch", "torch"), ("onnx", "onnx"), ("onnxruntime", "onnxruntime")
+LITERT, LITERT_TORCH = ("ai_edge_litert", "ai-edge-litert"), ("litert_torch", "litert-torch")
+AEQ, TF2ONNX, ONNXSCRIPT = ("ai_edge_quantizer", "ai-edge-quantizer"), ("tf2onnx", "tf2onnx"), ("onnxscript", "onnxscript")
+OPENVINO, NNCF, TORCH_PRUNING = ("openvino", "openvino"), ("nncf", "nncf"), ("torch_pruning", "torch-pruning")
+
+LOADERS: tuple[Loader, ...] = (
+    Loader("keras_h5", "edgeopt.frameworks.keras:load", (KERAS, H5PY)),
+    Loader("keras", "edgeopt.frameworks.keras:load", (KERAS,)),
+    Loader("saved_model", "edgeopt.frameworks.keras:load", (TF,)),
+    Loader("onnx", "edgeopt.frameworks.onnx:load", (ONNX, ORT)),
+    Loader("torch_module", "edgeopt.frameworks.torch:load", (TORCH,)),
+    Loader("torchscript", "edgeopt.frameworks.torch:load", (TORCH,)),
+    Loader("torch_export", "edgeopt.frameworks.torch:load", (TORCH,)),
+    Loader("torch_pickle", "edgeopt.frameworks.torch:load", (TORCH,)),
+)
+
+_TFLITE_KEEP = "TFLite QuantizationDebugger, QuantizationDebugOptions(denylisted_nodes=...)"
+_AEQ_CALIB = {"auto": "ai-edge-quantizer static recipe, min_max_uniform_quant, with activation ranges from global "
+                      "min/max or its moving average, whichever is closer to the float model on calibration samples "
+                      "(edgeopt.exporters.tflite_ranges)",
+              "minmax": "ai-edge-quantizer static recipe, min_max_uniform_quant, ranges chosen as for auto"}
+_ORT_ = "onnxruntime quantize_static, CalibrationMethod."
+_ORT_CALIB = {"auto": _ORT_ + "MinMax (its default)", "minmax": _ORT_ + "MinMax",
+              "percentile": _ORT_ + "Percentile (CalibPercentile)",
+              "entropy": _ORT_ + "Entropy (KL divergence, 2048-bin histograms)"}
+_ORT_KEEP = "onnxruntime quantize_static(nodes_to_exclude=...)"
+_NNCF_ = "NNCF nncf.quantize, activations_range_estimator_params=RangeEstimatorParametersSet."
+_NNCF_CALIB = {"auto": "NNCF nncf.quantize defaults: activation ranges from the mean of per-sample "
+                       "min/max (RangeEstimatorParametersSet.MEAN_MINMAX)",
+               "minmax": _NNCF_ + "MINMAX",
+               "percentile": "NNCF nncf.quantize, activation ranges from mean per-sample quantiles "
+                             "(StatisticsType.QUANTILE, AggregatorType.MEAN)",
+               "mse": _NNCF_ + "HISTOGRAM (ranges minimising the L2 quantization error)"}
+_NNCF_KEEP = "NNCF nncf.quantize(ignored_scope=nncf.IgnoredScope(names=...))"
+
+EXPORTS: tuple[ExportPath, ...] = (
+    ExportPath("keras->tflite", "edgeopt.exporters.tflite:export_keras", (TF,),
+               calibration={"auto": "TFLite converter representative_dataset (min/max ranges, its only method)",
+                            "minmax": "TFLite converter representative_dataset (min/max ranges)"},
+               keep_float=_TFLITE_KEEP, layers="edgeopt.exporters.tflite:keras_layers"),
+    # No keep_float/layers: edgeopt offers no layers in float through ai-edge-quantizer, so these two
+    # paths refuse overrides and budgets before any work.
+    ExportPath("torch->tflite", "edgeopt.exporters.tflite_torch:export_torch", (LITERT_TORCH, AEQ),
+               calibration=_AEQ_CALIB),
+    ExportPath("onnx->tflite", "edgeopt.exporters.tflite_onnx:export_onnx", (ONNX, ORT, TORCH, LITERT_TORCH, AEQ),
+               calibration=_AEQ_CALIB),
+    ExportPath("keras->onnx", "edgeopt.exporters.onnx:export_keras", (TF2ONNX, ORT),
+               calibration=_ORT_CALIB, keep_float=_ORT_KEEP, layers="edgeopt.exporters.onnx:quantized_layers"),
+    ExportPath("torch->onnx", "edgeopt.exporters.onnx:export_torch", (TORCH, ONNXSCRIPT, ORT),
+               calibration=_ORT_CALIB, keep_float=_ORT_KEEP, layers="edgeopt.exporters.onnx:quantized_layers"),
+    ExportPath("onnx->onnx", "edgeopt.exporters.onnx:export_onnx", (ONNX, ORT),
+               calibration=_ORT_CALIB, keep_float=_ORT_KEEP, layers="edgeopt.exporters.onnx:quantized_layers"),
+    ExportPath("keras->openvino", "edgeopt.exporters.openvino:export_keras", (TF, OPENVINO, NNCF),
+               calibration=_NNCF_CALIB, keep_float=_NNCF_KEEP, layers="edgeopt.exporters.openvino:quantized_layers"),
+    ExportPath("torch->openvino", "edgeopt.exporters.openvino:export_torch", (TORCH, OPENVINO, NNCF),
+               calibration=_NNCF_CALIB, keep_float=_NNCF_KEEP, layers="edgeopt.exporters.openvino:quantized_layers"),
+    ExportPath("onnx->openvino", "edgeopt.exporters.openvino:export_onnx", (OPENVINO, NNCF),
+               calibration=_NNCF_CALIB, keep_float=_NNCF_KEEP, layers="edgeopt.exporters.openvino:quantized_layers"),
+)
+
+RUNTIMES: tuple[Runtime, ...] = (
+    Runtime("tflite", "edgeopt.targets.litert:open_session", (LITERT,)),
+    Runtime("onnx", "edgeopt.targets.onnxruntime:open_session", (ORT,)),
+    Runtime("openvino", "edgeopt.targets.openvino:open_session", (OPENVINO,)),
+)
+
+PASSES: tuple[Pass, ...] = (
+    Pass("prune:keras", "edgeopt.passes.prune.keras:run", (KERAS,)),
+    Pass("distill:keras", "edgeopt.passes.distill.keras:run", (TF,)),
+    Pass("prune:torch", "edgeopt.passes.prune.torch:run", (TORCH, TORCH_PRUNING)),
+    Pass("distill:torch", "edgeopt.passes.distill.torch:run", (TORCH,)),
+)
+
+
+# (kind, key) -> ("module:attr", requires), derived from the records, in the order `doctor` lists.
+# A "quant-layers" entry needs nothing of its own: its path's exporter entry names the requirements.
+_ENTRIES: dict[tuple[str, str], tuple[str, Requires]] = {
+    **{("loader", r.key): (r.loader, r.requires) for r in LOADERS},
+    **{("exporter", r.key): (r.exporter, r.requires) for r in EXPORTS},
+    **{("runtime", r.key): (r.open_session, r.requires) for r in RUNTIMES},
+    **{("quant-layers", r.key): (r.layers, ()) for r in EXPORTS if r.layers},
+    **{("pass", r.key): (r.run, r.requires) for r in PASSES},
 }
+_EXPORTS = {r.key: r for r in EXPORTS}
 
 
-# What each entry needs installed, as (import name, distribution) pairs; `edgeopt doctor` reads it.
-REQUIRES: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {
-    ("loader", "keras_h5"): (("keras", "keras"), ("h5py", "h5py")),
-    ("loader", "keras"): (("keras", "keras"),),
-    ("loader", "saved_model"): (("tensorflow", "tensorflow-cpu"),),
-    ("exporter", "keras->tflite"): (("tensorflow", "tensorflow-cpu"),),
-    ("runtime", "tflite"): (("ai_edge_litert", "ai-edge-litert"),),
-    ("loader", "onnx"): (("onnx", "onnx"), ("onnxruntime", "onnxruntime")),
-    ("loader", "torch_module"): (("torch", "torch"),),
-    ("loader", "torchscript"): (("torch", "torch"),),
-    ("loader", "torch_export"): (("torch", "torch"),),
-    ("loader", "torch_pickle"): (("torch", "torch"),),
-    ("exporter", "torch->tflite"): (("litert_torch", "litert-torch"), ("ai_edge_quantizer", "ai-edge-quantizer")),
-    ("exporter", "onnx->tflite"): (("onnx", "onnx"), ("onnxruntime", "onnxruntime"), ("torch", "torch"),
-                                   ("litert_torch", "litert-torch"), ("ai_edge_quantizer", "ai-edge-quantizer")),
-    ("exporter", "keras->onnx"): (("tf2onnx", "tf2onnx"), ("onnxruntime", "onnxruntime")),
-    ("exporter", "torch->onnx"): (("torch", "torch"), ("onnxscript", "onnxscript"), ("onnxruntime", "onnxruntime")),
-    ("exporter", "onnx->onnx"): (("onnx", "onnx"), ("onnxruntime", "onnxruntime")),
-    ("exporter", "keras->openvino"): (("tensorflow", "tensorflow-cpu"), ("openvino", "openvino"), ("nncf", "nncf")),
-    ("exporter", "torch->openvino"): (("torch", "torch"), ("openvino", "openvino"), ("nncf", "nncf")),
-    ("exporter", "onnx->openvino"): (("openvino", "openvino"), ("nncf", "nncf")),
-    ("runtime", "onnx"): (("onnxruntime", "onnxruntime"),),
-    ("runtime", "openvino"): (("openvino", "openvino"),),
-    ("pass", "prune:keras"): (("keras", "keras"),),
-    ("pass", "distill:keras"): (("tensorflow", "tensorflow-cpu"),),
-    ("pass", "prune:torch"): (("torch", "torch"), ("torch_pruning", "torch-pruning")),
-    ("pass", "distill:torch"): (("torch", "torch"),),
-}
+def entries() -> list[tuple[str, str]]:
+    """Every (kind, key) that resolves, loaders first, as `edgeopt doctor` lists them."""
+    return list(_ENTRIES)
 
 
-# Calibration methods each exporter's int8 quantizer offers, with the backend mechanism that does it.
-# A method missing here is refused before any work (exit 2), never replaced by another.
-_ORT = "onnxruntime quantize_static, CalibrationMethod."
-_NNCF = "NNCF nncf.quantize, activations_range_estimator_params=RangeEstimatorParametersSet."
-# "auto" is the backend's own default, which is what its users get without edgeopt.
-_AEQ = {"auto": "ai-edge-quantizer static recipe, min_max_uniform_quant, with activation ranges from global "
-                "min/max or its moving average, whichever is closer to the float model on calibration samples "
-                "(edgeopt.exporters.tflite_ranges)",
-        "minmax": "ai-edge-quantizer static recipe, min_max_uniform_quant, ranges chosen as for auto"}
-CALIBRATION: dict[str, dict[str, str]] = {
-    "keras->tflite": {"auto": "TFLite converter representative_dataset (min/max ranges, its only method)",
-                      "minmax": "TFLite converter representative_dataset (min/max ranges)"},
-    "torch->tflite": _AEQ,
-    "onnx->tflite": _AEQ,
-    **{f"{fw}->onnx": {"auto": _ORT + "MinMax (its default)", "minmax": _ORT + "MinMax", "percentile": _ORT + "Percentile (CalibPercentile)",
-                        "entropy": _ORT + "Entropy (KL divergence, 2048-bin histograms)"}
-       for fw in ("keras", "torch", "onnx")},
-    **{f"{fw}->openvino": {"auto": "NNCF nncf.quantize defaults: activation ranges from the mean of per-sample "
-                                    "min/max (RangeEstimatorParametersSet.MEAN_MINMAX)",
-                            "minmax": _NNCF + "MINMAX",
-                            "percentile": "NNCF nncf.quantize, activation ranges from mean per-sample quantiles "
-                                          "(StatisticsType.QUANTILE, AggregatorType.MEAN)",
-                            "mse": _NNCF + "HISTOGRAM (ranges minimising the L2 quantization error)"}
-       for fw in ("keras", "torch", "onnx")},
-}
+def reference(kind: str, key: str) -> str:
+    """The "module:attr" that ``resolve(kind, key)`` imports."""
+    return _ENTRIES[(kind, key)][0]
 
-# How each exporter keeps named layers in float; exporters missing here refuse overrides and budgets.
-KEEP_FLOAT: dict[str, str] = {
-    "keras->tflite": "TFLite QuantizationDebugger, QuantizationDebugOptions(denylisted_nodes=...)",
-    **{f"{fw}->onnx": "onnxruntime quantize_static(nodes_to_exclude=...)" for fw in ("keras", "torch", "onnx")},
-    **{f"{fw}->openvino": "NNCF nncf.quantize(ignored_scope=nncf.IgnoredScope(names=...))"
-       for fw in ("keras", "torch", "onnx")},
-}
+
+def requirements(kind: str, key: str) -> Requires:
+    """What the entry needs installed; () for an unknown one."""
+    return _ENTRIES.get((kind, key), (None, ()))[1]
+
+
+def export_path(key: str) -> ExportPath | None:
+    """The record of exporter ``key`` ("keras->onnx"), None when there is no such path."""
+    return _EXPORTS.get(key)
 
 
 def resolve(kind: str, key: str) -> Any:
     try:
-        target = ENTRIES[(kind, key)]
+        target = _ENTRIES[(kind, key)][0]
     except KeyError:
-        known = sorted(k for (k_kind, k) in ENTRIES if k_kind == kind)
-        raise ConversionError(f"No {kind} for '{key}'.", hint=f"Available: {', '.join(known)}.") from None
+        raise ConversionError(f"No {kind} for '{key}'.", hint=f"Available: {', '.join(available(kind))}.") from None
     module_name, attr = target.split(":")
     return getattr(importlib.import_module(module_name), attr)
 
 
 def available(kind: str) -> list[str]:
-    return sorted(k for (k_kind, k) in ENTRIES if k_kind == kind)
+    return sorted(k for (k_kind, k) in _ENTRIES if k_kind == kind)

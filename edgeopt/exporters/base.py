@@ -39,17 +39,18 @@ DEFAULT_QUANT = QuantSettings()
 def check_quant(exporter_key: str, quant: QuantSettings, *, keep_float: bool = False) -> str:
     """The mechanism that does ``quant.method`` on this path, or a UsageError naming target and
     method; with ``keep_float``, also the refusal of a path that cannot keep layers in float."""
-    from edgeopt.registry import CALIBRATION, KEEP_FLOAT
+    from edgeopt.registry import export_path
 
     target = exporter_key.split("->")[-1]
-    methods = CALIBRATION.get(exporter_key, {})
+    path = export_path(exporter_key)
+    methods = path.calibration if path else {}
     if quant.method not in methods:
         raise UsageError(
             f"The {target} target ({exporter_key}) cannot calibrate with method '{quant.method}'; "
             f"its quantizer offers: {', '.join(methods) or 'none'}.",
             hint=f"Pick one of those for --calib-method (or calibration.method in the recipe), or drop "
                  f"'{target}' from the targets. edgeopt never swaps in another method silently.")
-    if keep_float and exporter_key not in KEEP_FLOAT:
+    if keep_float and (path is None or path.keep_float is None):
         raise UsageError(
             f"The {target} target ({exporter_key}) cannot keep chosen layers in float, which per-layer "
             "overrides and --max-accuracy-drop/--max-fidelity-drop need.",
