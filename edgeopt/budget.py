@@ -42,6 +42,10 @@ from edgeopt.validate import fidelity as fid
 Progress = Callable[[str], None]
 Export = Callable[[Path, QuantSettings], ExportResult]
 
+# The ranking judges each layer on this many validation samples: it orders layers, and the tries
+# that follow are judged on all of them.
+RANKING_SAMPLES = 16
+
 
 # --- measuring ---------------------------------------------------------------------------------
 
@@ -106,6 +110,17 @@ class Judge:
         values = metric(self.reference, self.labels)
         self.reference_accuracy = values
         self.exports = 0
+
+    @property
+    def samples(self) -> int:
+        return len(self._val)
+
+    def subset(self, samples: int) -> Judge:
+        """A judge of the first ``samples`` validation samples (itself when there are no more)."""
+        if len(self._val) <= samples:
+            return self
+        return Judge(self._target, self._source, cal.Subset(self._val.source, self._val.indices[:samples]),
+                     self.metric, self._threads)
 
     def measure(self, exported: ExportResult) -> Quality:
         session = open_own_artifact(self._target, exported.path, self._source, threads=self._threads)
@@ -255,19 +270,28 @@ def run(req: Request, out: Path, scratch: Callable[[str], Path], say: Progress) 
     candidates = [layer for layer in layers if layer.name not in forced]
     fixed_int8 = {n for n, p in forced.items() if p == "int8"}
     say(f"Ranking {len(candidates)} layers of the {req.target} artifact by sensitivity")
-    ranking = _rank(req, candidates, layers, fixed_int8, scratch, judge)
+    edits = _Edits(req, result, scratch)
+    ranking = (edits.rank(candidates, judge) if edits.available else
+               _rank(req, candidates, layers, fixed_int8, scratch, judge))
+    search["ranking_method"] = (f"each layer alone in float, the rest int8 (the int8 model edited), "
+                                f"on {min(RANKING_SAMPLES, judge.samples)} validation samples"
+                                if edits.available else "each layer alone in int8, the rest float")
     search["ranking"] = [{"layer": layer.title, "name": layer.name, "op": layer.op, **q.to_dict()}
                          for layer, q in ranking]
-    search["exports"] += len(candidates)
+    if not edits.available:
+        search["exports"] += len(candidates)
     say(f"Searching for the fewest layers to keep in float ({req.target})")
     tried: dict[int, tuple[ExportResult, Quality]] = {0: (result, start)}
     order = [layer.name for layer, _ in ranking]
 
     def attempt(k: int) -> bool:
-        keep = kept0 + tuple(order[:k])
-        exported = req.export(scratch(f"keep{k}"), replace(req.quant, keep_float=keep))
+        edited = edits.keep(tuple(order[:k]), f"keep{k}")
+        if edited is not None:
+            exported = edited
+        else:
+            exported = req.export(scratch(f"keep{k}"), replace(req.quant, keep_float=kept0 + tuple(order[:k])))
+            search["exports"] += 1
         tried[k] = (exported, judge.measure(exported))
-        search["exports"] += 1
         return _excess(tried[k][1], req.budgets) <= 1.0
 
     first_pass, last_fail, k = None, 0, 1
@@ -285,6 +309,18 @@ def run(req: Request, out: Path, scratch: Callable[[str], Path], say: Progress) 
             else:
                 last_fail = mid
     best_k = first_pass if first_pass is not None else min(tried, key=lambda n: (_excess(tried[n][1], req.budgets), n))
+    if best_k and edits.available:
+        # The tries were edits; the artifact is quantized again with the backend's own mechanism,
+        # as --keep-float would, and judged. Should that miss where the edit held, the edit stays.
+        final = req.export(scratch(f"final{best_k}"), replace(req.quant, keep_float=kept0 + tuple(order[:best_k])))
+        search["exports"] += 1
+        measured = judge.measure(final)
+        if _excess(measured, req.budgets) <= max(1.0, _excess(tried[best_k][1], req.budgets)):
+            _remove(tried[best_k][0])
+            tried[best_k] = (final, measured)
+        else:
+            _remove(final)
+    search["edits"] = edits.count
     chosen, quality = tried[best_k]
     search["tried"] = [{"kept_in_float": n, "layers": [_title(layers, name) for name in order[:n]],
                         **tried[n][1].to_dict(), "passed": _excess(tried[n][1], req.budgets) <= 1.0}
@@ -309,6 +345,53 @@ def run(req: Request, out: Path, scratch: Callable[[str], Path], say: Progress) 
                    met=first_pass is not None)
 
 
+class _Edits:
+    """Tries made by editing the int8 artifact (``Request.edit``), where the backend can."""
+
+    def __init__(self, req: Request, base: ExportResult, scratch: Callable[[str], Path]) -> None:
+        self._req, self._base, self._scratch = req, base, scratch
+        self.count = 0
+        record = registry.export_path(req.key)
+        self._edit = registry.load(record.float_edit) if record and record.float_edit else None
+        self.available = self._edit is not None and self._probe()
+
+    def _probe(self) -> bool:
+        probe = self.keep((), "probe")
+        if probe is None:
+            return False
+        _remove(probe)
+        return True
+
+    def keep(self, names: tuple[str, ...], tag: str) -> ExportResult | None:
+        if self._edit is None:
+            return None
+        base = self._base
+        # The scratch path of an edit carries the artifact's own suffix, as an export's does.
+        edited = self._edit(self._req.model, base.path, names, self._scratch(tag).with_suffix(base.path.suffix))
+        if edited is not None:
+            self.count += 1
+        return edited
+
+    def rank(self, candidates: list[Layer], judge: Judge) -> list[tuple[Layer, Quality]]:
+        """Each candidate alone in float, the rest as in the int8 artifact; the layers whose float
+        form helps most come first."""
+        quick = judge.subset(RANKING_SAMPLES)
+        scored = []
+        for i, layer in enumerate(candidates):
+            edited = self.keep((layer.name,), f"rank{i}")
+            assert edited is not None  # available was probed
+            try:
+                scored.append((layer, quick.measure(edited)))
+            finally:
+                _remove(edited)
+        return sorted(scored, key=lambda item: (_excess(item[1], self._req.budgets), -_sqnr(item[1])))
+
+
+def _sqnr(q: Quality) -> float:
+    value = q.fidelity.get("sqnr_db")
+    return math.inf if value is None else value
+
+
 def _rank(req: Request, candidates: list[Layer], layers: list[Layer], fixed_int8: set[str],
           scratch: Callable[[str], Path], judge: Judge) -> list[tuple[Layer, Quality]]:
     """Each candidate alone in int8 (with the layers forced to int8), scored at the output; most
@@ -322,8 +405,7 @@ def _rank(req: Request, candidates: list[Layer], layers: list[Layer], fixed_int8
             scored.append((layer, judge.measure(exported)))
         finally:
             _remove(exported)
-    sqnr = lambda q: q.fidelity.get("sqnr_db") if q.fidelity.get("sqnr_db") is not None else math.inf  # noqa: E731
-    return sorted(scored, key=lambda item: (-_excess(item[1], req.budgets), sqnr(item[1])))
+    return sorted(scored, key=lambda item: (-_excess(item[1], req.budgets), _sqnr(item[1])))
 
 
 def _title(layers: list[Layer], name: str) -> str:

@@ -217,7 +217,8 @@ def quantization_lines(a: dict[str, Any]) -> list[str]:
             lines.append(f"| {t['kept_in_float']} | {t['fidelity_drop']:.3g} | {fmt_num(t.get('accuracy_drop'), 2)} | "
                          f"{fmt_num(t.get('sqnr_db'), 1)} | {'yes' if t['passed'] else 'no'} |")
     if search.get("ranking"):
-        lines += ["", "Sensitivity (each layer alone in int8, most sensitive first):", "",
+        method = search.get("ranking_method", "each layer alone in int8, the rest float")
+        lines += ["", f"Sensitivity ({method}; the layers most worth keeping in float first):", "",
                   "| layer | op | fidelity drop | SQNR dB |", "|---|---|---|---|"]
         for r in search["ranking"]:
             lines.append(f"| `{r['layer']}` | {r['op']} | {r['fidelity_drop']:.3g} | {fmt_num(r.get('sqnr_db'), 1)} |")

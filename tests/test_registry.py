@@ -74,3 +74,10 @@ def test_requirements_are_import_and_distribution_names():
 def test_doctor_lists_every_entry():
     rows = doctor.path_rows()
     assert [(kind, key) for kind, key, _status in rows] == registry.entries()
+
+
+def test_a_float_edit_belongs_to_a_path_that_keeps_layers_in_float():
+    for record in registry.EXPORTS:
+        if record.float_edit:
+            assert record.keep_float and record.layers, record.key
+            assert callable(registry.load(record.float_edit)), record.key

@@ -28,7 +28,7 @@ import numpy as np
 from edgeopt.calibration import Subset
 from edgeopt.deps import quiet_stderr, require
 from edgeopt.errors import ConversionError
-from edgeopt.exporters import onnx_names, onnx_granularity as granularity
+from edgeopt.exporters import onnx_float_edit, onnx_names, onnx_granularity as granularity
 from edgeopt.exporters.base import (DEFAULT_QUANT, ExportResult, Layer, QuantSettings, check_quant,
                                     conversion_failure, layer_label, source_layer_names)
 from edgeopt.frameworks.base import LoadedModel
@@ -347,6 +347,7 @@ def _quantize_static(float_path: Path, tmp: Path, out: Path, source: LoadedModel
             node.name = node.name or f"{node.op_type}_{i}"
     if onnx_names.tidy(model) or nameless:
         onnx.save(model, str(prepared))
+    onnx_float_edit.remember_prepared(source, model)
     method = {"auto": ort_quant.CalibrationMethod.MinMax, "minmax": ort_quant.CalibrationMethod.MinMax, "percentile": ort_quant.CalibrationMethod.Percentile,
               "entropy": ort_quant.CalibrationMethod.Entropy}[quant.method]
     extra = {"CalibPercentile": quant.percentile} if quant.method == "percentile" else {}
