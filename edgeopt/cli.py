@@ -8,69 +8,17 @@ import os
 import signal
 import sys
 import threading
+import typing
 from pathlib import Path
 
 import click
 
-from edgeopt import __version__
+from edgeopt import __version__, options
 from edgeopt.errors import EdgeoptError
+from edgeopt.options import Option
 
 EPILOG = ("Exit codes: 0 ok, 1 gate failed, 2 usage/config error, 3 input rejected, "
           "4 unsupported op or conversion failure, 5 environment problem, 130 interrupted.")
-
-
-def _floats(ctx, param, value: str | None):
-    if value is None:
-        return None
-    try:
-        return tuple(float(v) for v in value.split(","))
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers, got '{value}'") from None
-
-
-def _size(ctx, param, value: str | None):
-    if value is None:
-        return None
-    parts = value.lower().replace("x", ",").split(",")
-    try:
-        dims = tuple(int(p) for p in parts)
-    except ValueError:
-        dims = ()
-    if len(dims) == 1:
-        dims = dims * 2
-    if len(dims) != 2 or min(dims) < 1:
-        raise click.BadParameter(f"expected HEIGHT,WIDTH (or one number for square images), got '{value}'")
-    return dims
-
-
-def _prune_spec(ctx, param, value: str | None):
-    if value is None:
-        return None
-    method, _, ratio = value.partition(":")
-    try:
-        return {"method": method, "ratio": float(ratio)}
-    except ValueError:
-        raise click.BadParameter(f"expected METHOD:RATIO such as channels:0.5, got '{value}'") from None
-
-
-def _input_shapes(ctx, param, values: tuple[str, ...]):
-    """NAME=1,3,224,224, NAME:1,3,224,224 or NAME:1x3x224x224 per input; a bare shape names the only input."""
-    if not values:
-        return None
-    shapes: dict[str, tuple[int, ...]] = {}
-    for value in values:
-        # The shape is what follows the last '=' (or, without one, the last ':'): names may hold ':'.
-        sep = "=" if "=" in value else ":" if ":" in value else None
-        name, _, dims = value.rpartition(sep) if sep else ("", "", value)
-        try:
-            shape = tuple(int(d) for d in dims.lower().replace("x", ",").split(","))
-        except ValueError:
-            raise click.BadParameter(f"expected NAME=D0,D1,... such as image=1,3,224,224 (or image:1x3x224x224), "
-                                     f"got '{value}'") from None
-        if name in shapes or (not name and values[1:]):
-            raise click.BadParameter(f"'{value}': give each input once, as NAME=shape, when there are several")
-        shapes[name or "input"] = shape
-    return shapes
 
 
 def handle_errors(fn):
@@ -160,142 +108,131 @@ def main(debug: bool) -> None:
         quiet_warnings()
 
 
-@main.command(epilog=EPILOG)
-@click.argument("model", type=click.Path(path_type=Path), required=False)
-@click.option("--recipe", "recipe_file", type=click.Path(path_type=Path),
-              help="Start from this recipe; flags given here override its values.")
-@click.option("--target", "-t", default="tflite", show_default=True, help="Artifact format(s), comma-separated.")
-@click.option("--calib", type=click.Path(path_type=Path), help="Calibration data: .npz, folder of .npy, or images.")
-@click.option("--val", type=click.Path(path_type=Path),
-              help="Validation data (labels from an array named 'labels'). Default: held-out calibration samples.")
-@click.option("--precision", type=click.Choice(["int8", "fp16", "fp32"]), default="int8", show_default=True)
-@click.option("--int8-io", is_flag=True, help="int8 model inputs and outputs instead of float.")
-@click.option("--keep-layout", is_flag=True,
-              help="Keep NCHW inputs in TFLite artifacts of PyTorch and ONNX models [default: NHWC, TFLite's own].")
-@click.option("--calib-samples", type=click.IntRange(min=1), default=300, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for choosing samples.")
-@click.option("--image-size", callback=_size, help="HEIGHT,WIDTH for image folders (default: the model's).")
-@click.option("--mean", callback=_floats, help="Per-channel mean after scaling pixels to [0,1], e.g. 0.485,0.456,0.406.")
-@click.option("--std", callback=_floats, help="Per-channel std after scaling pixels to [0,1].")
-@click.option("--layout", type=click.Choice(["nhwc", "nchw"]), help="Image folder tensor layout (default: the model's).")
-@click.option("--color", type=click.Choice(["rgb", "gray"]), help="Image folder colour mode (default: from channels).")
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output folder [default: edgeopt_out/<model-stem>/].")
-@click.option("--trust-model", is_flag=True, help="Allow models that carry code (Lambda layers, SavedModel graphs).")
-@click.option("--weights", type=click.Path(path_type=Path),
-              help="PyTorch state_dict for a model given as net.py:build_model or package.module:Class.")
-@click.option("--input-shape", "input_shapes", multiple=True, callback=_input_shapes, metavar="NAME=SHAPE",
-              help="Input sizes, batch first, e.g. image=1,3,224,224 or image:1x3x224x224 (repeat per input): "
-                   "a PyTorch model's input shapes, or the free sizes of an ONNX model's inputs fixed for every "
-                   "target [default: from --calib].")
-@click.option("--prune", "prune_spec", callback=_prune_spec, metavar="METHOD:RATIO",
-              help="channels:0.5 removes half the channels; magnitude:0.8 zeroes 80% of the weights.")
-@click.option("--distill", is_flag=True, help="Fine-tune the pruned model with the source model as teacher.")
-@click.option("--distill-data", type=click.Path(path_type=Path),
-              help="Data to distill on (labels optional) [default: the calibration data].")
-@click.option("--distill-epochs", type=click.IntRange(min=1), default=30, show_default=True)
-@click.option("--calib-method", type=click.Choice(["auto", "minmax", "percentile", "entropy", "mse"]), default="auto",
-              show_default=True, help="How activation ranges are chosen; each target uses its backend's own "
-                                      "calibrator and refuses a method it lacks. auto: the backend's own default "
-                                      "(min/max for TFLite and onnxruntime, NNCF's mean of per-sample min/max).")
-@click.option("--percentile", type=click.FloatRange(min=50, max=100, min_open=True),
-              help="Percentile for --calib-method percentile [default: 99.999].")
-@click.option("--per-tensor", is_flag=True, help="One scale per weight tensor instead of one per output channel.")
-@click.option("--keep-float", multiple=True, metavar="REGEX",
-              help="Keep layers/nodes whose name matches in float (repeat; a recipe's overrides come first).")
-@click.option("--max-accuracy-drop", type=click.FloatRange(min=0), metavar="POINTS",
-              help="Largest allowed accuracy drop against the source (needs labels); keeps the most sensitive "
-                   "layers in float until it holds.")
-@click.option("--max-fidelity-drop", type=click.FloatRange(min=0), metavar="POINTS",
-              help="Largest allowed 100 x (1 - top-1 agreement), or 100 x (1 - cosine) for non-classifiers.")
-@click.option("--min-speedup", type=click.FloatRange(min=0, min_open=True), metavar="X",
-              help="Smallest allowed fp32 p50 / artifact p50 (checked, exit 1 when missed).")
-@click.option("--max-size", metavar="BYTES", help="Largest allowed artifact size, e.g. 250000 or 512KiB (checked).")
-@click.option("--metric", help="Accuracy measure: top1 (default), top5, or FILE.py:FUNCTION(outputs, labels).")
-@click.option("--no-validate", is_flag=True, help="Skip fidelity, accuracy and latency measurement.")
-@click.option("--runs", type=click.IntRange(min=1), default=100, show_default=True, help="Timed latency runs.")
-@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed warm-up runs.")
-@click.option("--threads", type=click.IntRange(min=1), help="Runtime threads [default: all cores].")
-@click.option("--list-layers", is_flag=True,
-              help="Print the layer names --keep-float, recipe overrides and budgets match, per target "
-                   "(--target when given, else every target that can keep layers in float), and exit without "
-                   "writing anything. Needs --calib: the names are those of the full-integer int8 model; without "
-                   "calibration data int8 is dynamic range, which keeps no layer in float.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-@handle_errors
-def compress(model, recipe_file, quiet, list_layers, **flags):
-    """Compress MODEL for an edge target and validate the artifact against it.
-
-    \b
-    Example:  edgeopt compress model.h5 --target tflite --calib calib.npz --val val.npz
-              edgeopt compress --recipe recipes/int8_onnx.yaml --max-fidelity-drop 0.5
-    """
-    from edgeopt import recipe
-    from edgeopt.errors import UsageError
-
-    ctx = click.get_current_context()
-    given = {name: value for name, value in flags.items()
-             if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE}
-    values = _flag_values(given, flags)
-    if model is not None:
-        values["model"] = model
-    base: dict = {}
-    if recipe_file is not None:
-        base, lines = recipe.read_yaml(recipe_file)
-        if "distill_epochs" in given and isinstance(base.get("distill"), dict):
-            values.setdefault("distill", {})["epochs"] = flags["distill_epochs"]
-        config = recipe.combine(f"recipe '{recipe_file}'", base, lines, values)
-    elif model is None:
-        raise UsageError("No model given.", hint="Pass MODEL, or --recipe FILE naming one.")
+def _click_option(opt: Option):
+    """The click option of a declaration: its type, bounds and default are the config field's."""
+    names = [n for n in (opt.short, opt.flag) if n] + [opt.name]
+    settings: dict = {"help": opt.help or None, "metavar": opt.metavar}
+    if opt.switch:
+        settings["is_flag"] = True
+    elif opt.is_bool:  # sets the field to the opposite of its default: --int8-io, --no-validate
+        settings.update(is_flag=True, flag_value=not opt.default, default=opt.default)
     else:
-        config = recipe.validate("the command line", values)
-    if list_layers:
-        named = "target" in given or "targets" in base
-        _list_layers(config, config.targets if named else None, quiet)
-        return
-    _run_and_show(config, quiet)
+        if opt.parse is not None:
+            settings["callback"] = _reader(opt)
+        else:
+            settings["type"] = _click_type(opt)
+        settings["multiple"] = opt.multiple
+        shown = _as_text(opt.default)
+        if shown not in (None, "", {}, ()) and not opt.multiple:
+            settings.update(default=shown, show_default=True)
+    return click.option(*names, **settings)
 
 
-# Flag -> where its value goes in a recipe; flags absent here are handled in _flag_values.
-_FLAG_KEYS: dict[str, tuple[str, ...]] = {
-    "target": ("targets",), "calib": ("calibration", "data"), "val": ("validation", "data"),
-    "precision": ("precision",), "int8_io": ("int8_io",), "keep_layout": ("keep_layout",),
-    "calib_samples": ("calibration", "samples"), "seed": ("calibration", "seed"),
-    "image_size": ("calibration", "image_size"), "mean": ("calibration", "mean"), "std": ("calibration", "std"),
-    "layout": ("calibration", "layout"), "color": ("calibration", "color"), "output": ("output",),
-    "trust_model": ("trust_model",), "weights": ("weights",), "input_shapes": ("input_shapes",),
-    "prune_spec": ("prune",), "distill_data": ("distill", "data"), "runs": ("validation", "runs"),
-    "warmup": ("validation", "warmup"), "threads": ("validation", "threads"),
-    "calib_method": ("calibration", "method"), "percentile": ("calibration", "percentile"),
-    "max_accuracy_drop": ("budgets", "max_accuracy_drop"), "max_fidelity_drop": ("budgets", "max_fidelity_drop"),
-    "min_speedup": ("budgets", "min_speedup"), "max_size": ("budgets", "max_size"),
-    "metric": ("validation", "metric"),
-}
+def _click_type(opt: Option):
+    kind = opt.kind
+    if options.is_literal(kind):
+        return click.Choice(list(typing.get_args(kind)))
+    if kind is Path:
+        return click.Path(path_type=Path)
+    if kind in (int, float):
+        bounds = {}
+        for limit in opt.field.metadata:  # pydantic's ge/gt/le/lt, as annotated_types objects
+            for name, low, open_ in (("ge", "min", False), ("gt", "min", True), ("le", "max", False),
+                                     ("lt", "max", True)):
+                if hasattr(limit, name):
+                    number = getattr(limit, name)
+                    bounds[low] = int(number) if float(number).is_integer() else number
+                    bounds[f"{low}_open"] = open_
+        if not bounds:
+            return kind
+        return (click.IntRange if kind is int else click.FloatRange)(**bounds)
+    return click.STRING  # the config reads the text: --target tflite,onnx
 
 
-def _flag_values(given: dict, flags: dict) -> dict:
-    """The flags given on the command line, nested as in a recipe (so they can override one)."""
-    values: dict = {}
+def _reader(opt: Option):
+    def read(ctx, param, value):
+        if value is None or value == ():
+            return None
+        try:
+            return opt.parse(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
 
-    def put(path: tuple[str, ...], value) -> None:
-        node = values
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = value
+    return read
 
-    for name, value in given.items():
-        if name in _FLAG_KEYS and value is not None:
-            put(_FLAG_KEYS[name], value)
-    if "no_validate" in given:
-        put(("validation", "enabled"), not given["no_validate"])
-    if "per_tensor" in given:
-        put(("calibration", "per_channel"), not given["per_tensor"])
-    if given.get("keep_float"):
-        put(("overrides",), {pattern: "float" for pattern in given["keep_float"]})
-    if given.get("distill") or "distill_data" in given:
-        # Epochs alone do not turn distillation on; they change a recipe's (see compress).
-        put(("distill",), {**values.get("distill", {}), "epochs": flags["distill_epochs"]})
-    return values
 
+def _as_text(value):
+    """A config default as the flag would spell it: ("tflite",) -> tflite."""
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return value
+
+
+def _declared(declared: tuple[Option, ...]):
+    """Adds one option per declaration, in their order."""
+    def decorate(fn):
+        for opt in reversed(declared):
+            if opt.flag:
+                fn = _click_option(opt)(fn)
+        return fn
+
+    return decorate
+
+
+def compress_command(declared: tuple[Option, ...] = options.OPTIONS) -> click.Command:
+    """The compress command with a flag for each declaration that has one."""
+
+    @click.command("compress", epilog=EPILOG)
+    @click.argument("model", type=click.Path(path_type=Path), required=False)
+    @click.option("--recipe", "recipe_file", type=click.Path(path_type=Path),
+                  help="Start from this recipe; flags given here override its values.")
+    @_declared(declared)
+    @click.option("--list-layers", is_flag=True,
+                  help="Print the layer names --keep-float, recipe overrides and budgets match, per target "
+                       "(--target when given, else every target that can keep layers in float), and exit without "
+                       "writing anything. Needs --calib: the names are those of the full-integer int8 model; "
+                       "without calibration data int8 is dynamic range, which keeps no layer in float.")
+    @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+    @handle_errors
+    def compress(model, recipe_file, quiet, list_layers, **flags):
+        """Compress MODEL for an edge target and validate the artifact against it.
+
+        \b
+        Example:  edgeopt compress model.h5 --target tflite --calib calib.npz --val val.npz
+                  edgeopt compress --recipe recipes/int8_onnx.yaml --max-fidelity-drop 0.5
+        """
+        from edgeopt import recipe
+        from edgeopt.errors import UsageError
+
+        ctx = click.get_current_context()
+        given = {name: value for name, value in flags.items()
+                 if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE}
+        base, lines = recipe.read_yaml(recipe_file) if recipe_file is not None else ({}, None)
+        values = options.to_recipe(given, base, declared)
+        if model is not None:
+            values["model"] = model
+        flagged = [opt for opt in declared if opt.flag and opt.name in given]
+
+        def flag_of(loc: tuple) -> str | None:
+            return ", ".join(opt.flag for opt in options.sources(loc, flagged)) or None
+
+        if recipe_file is not None:
+            config = recipe.combine(f"recipe '{recipe_file}'", base, lines, values, flag_of)
+        elif model is None:
+            raise UsageError("No model given.", hint="Pass MODEL, or --recipe FILE naming one.")
+        else:
+            config = recipe.validate("the command line", values, names=flag_of)
+        if list_layers:
+            named = "target" in given or "targets" in base
+            _list_layers(config, config.targets if named else None, quiet)
+            return
+        _run_and_show(config, quiet)
+
+    return compress
+
+
+compress = compress_command()
+main.add_command(compress)
 
 
 @main.command(epilog=EPILOG)

@@ -201,6 +201,7 @@ class CompressConfig(_Strict):
 
 
 Lines = Callable[[tuple], "int | None"]
+Names = Callable[[tuple], "str | None"]
 
 
 def build(origin: str, **values: Any) -> CompressConfig:
@@ -208,24 +209,28 @@ def build(origin: str, **values: Any) -> CompressConfig:
     return validate(origin, values)
 
 
-def validate(origin: str, values: dict[str, Any], lines: Lines | None = None) -> CompressConfig:
-    """``values`` as a config; ``lines`` maps an error location to a line of the file they came from."""
+def validate(origin: str, values: dict[str, Any], lines: Lines | None = None,
+             names: Names | None = None) -> CompressConfig:
+    """``values`` as a config; ``lines`` maps an error location to a line of the file they came from,
+    ``names`` to the flag or keyword that gave it (``--runs``, ``runs=``)."""
     try:
         return CompressConfig(**values)
     except ValidationError as exc:
-        problems = "; ".join(_describe(e, lines) for e in exc.errors())
+        problems = "; ".join(_describe(e, lines, names) for e in exc.errors())
         raise UsageError(f"Invalid settings in {origin}: {problems}",
                          hint="Fix or remove the named keys (run `edgeopt compress --help` for the options, "
                               "`edgeopt recipe check FILE` to check a recipe).") from None
 
 
-def _describe(error: dict, lines: Lines | None = None) -> str:
+def _describe(error: dict, lines: Lines | None = None, names: Names | None = None) -> str:
     where = ".".join(str(p) for p in error["loc"]) or "(top level)"
     line = lines(tuple(error["loc"])) if lines else None
     at = f"line {line}: " if line else ""
+    name = names(tuple(error["loc"])) if names else None
+    given = f" (from {name})" if name else ""
     if error["type"] == "extra_forbidden":
-        return f"{at}unknown key '{where}'"
-    return f"{at}'{where}': {error['msg']}"
+        return f"{at}unknown key '{where}'{given}"
+    return f"{at}'{where}'{given}: {error['msg']}"
 
 
 def to_yaml(config: CompressConfig) -> str:
@@ -244,16 +249,17 @@ def load(path: Path | str, overrides: dict[str, Any] | None = None) -> CompressC
     return combine(f"recipe '{path}'", data, lines, overrides or {})
 
 
-def combine(origin: str, data: dict[str, Any], lines: Lines, overrides: dict[str, Any]) -> CompressConfig:
+def combine(origin: str, data: dict[str, Any], lines: Lines, overrides: dict[str, Any],
+            names: Names | None = None) -> CompressConfig:
     """A recipe's ``data`` with ``overrides`` laid on it, validated; errors in keys that came from
-    the overrides carry no line of the file."""
+    the overrides carry no line of the file (``names`` may name the flag instead)."""
     if not overrides:
         return validate(origin, data, lines)
 
     def where(loc: tuple) -> int | None:
         return None if _given(overrides, loc) else lines(loc)
 
-    return validate(origin + " with the command line's flags", merge(data, overrides), where)
+    return validate(origin + " with the command line's flags", merge(data, overrides), where, names)
 
 
 def read_yaml(path: Path) -> tuple[dict[str, Any], Lines]:

@@ -86,8 +86,15 @@ def _bad_precision(ws):
     return [ws / "m.h5", "--precision", "int4"], 2, ["int4"]
 
 
+def _zero_std(ws):
+    # A value click lets through and the config refuses: the message names the flag that gave it.
+    (ws / "m.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 100)
+    return [ws / "m.h5", "--std", "0.5,0"], 2, ["'calibration.std' (from --std)", "std values must be non-zero"]
+
+
 CHEAP = {"missing": _missing, "bracket_path": _bracket_path, "random_bytes": _random_bytes,
-         "empty": _empty, "unknown_target": _unknown_target, "bad_precision": _bad_precision}
+         "empty": _empty, "unknown_target": _unknown_target, "bad_precision": _bad_precision,
+         "zero_std": _zero_std}
 
 
 @pytest.mark.parametrize("case", sorted(CHEAP))
