@@ -100,6 +100,11 @@ def check_plan(config: recipe.CompressConfig) -> None:
     if b.any() and config.validation.data is None and c.data is None:
         raise UsageError("Budgets are checked on validation data, and there is none.",
                          hint="Pass --val PATH (or --calib PATH, from which some samples are held out).")
+    if int8 and c.data is None and (config.overrides or b.drives_search()):
+        # Dynamic-range int8 quantizes weights only, at run time: no layer can be kept in float.
+        what = "Per-layer overrides (--keep-float)" if config.overrides else "The accuracy-budget search"
+        raise UsageError(f"{what} choose which layers of a full-integer int8 model stay in float, and there is "
+                         "no calibration data: without it int8 is dynamic range.", hint="Pass --calib PATH.")
     if not int8 or c.data is None:
         if int8 and (c.method not in ("auto", "minmax") or not c.per_channel or c.percentile is not None):
             raise UsageError(f"Calibration method '{c.method}' and per-tensor weights need calibration data, and "

@@ -104,7 +104,7 @@ def _check_search(artifact: dict, expected_kept: list[str]) -> dict:
 
 
 @pytest.mark.slow
-def test_onnx_budget_search_keeps_the_outlier_pair_in_float(outlier, tmp_path):
+def test_onnx_budget_search_keeps_the_reader_of_the_outliers_in_float(outlier, tmp_path):
     onnx = pytest.importorskip("onnx")
     out = tmp_path / "out"
     result = _compress_onnx(outlier, out, "--max-fidelity-drop", "1")
@@ -112,10 +112,13 @@ def test_onnx_budget_search_keeps_the_outlier_pair_in_float(outlier, tmp_path):
     report = json.loads((out / "report.json").read_text())
     (artifact,) = report["artifacts"]
     # With conv2's outliers no longer quantized where conv3 reads them, conv3 alone in float holds
-    # the budget: onnxruntime then leaves conv2's output in float too, since nothing quantized reads it.
+    # the budget.
     q = _check_search(artifact, ["conv3"])
     assert q["mechanism"] == "onnxruntime quantize_static, CalibrationMethod.MinMax (its default)"
-    assert q["keep_float_mechanism"] == "onnxruntime quantize_static(nodes_to_exclude=...)"
+    # nodes_to_exclude=[conv3] still quantizes conv3's input while conv2 is quantized, and misses;
+    # the edit, where conv3 reads conv2's float output, holds the budget and is the artifact.
+    assert q["keep_float_mechanism"].startswith("the int8 model edited so those layers read float inputs")
+    assert "onnxruntime quantize_static(nodes_to_exclude=...) missed the budget" in q["keep_float_mechanism"]
     assert report["budgets"] == {"limits": {"max_fidelity_drop": 1.0}, "passed": True}
     # The terminal says what was kept and why.
     assert "1 of 10 layers kept in float to meet the budget" in result.output and "conv3" in result.output
@@ -228,4 +231,10 @@ def test_budgets_on_a_path_without_float_layers_are_refused_before_any_work(tmp_
     result = _cli("compress", "nets.py:build", "--calib", calib, "--max-fidelity-drop", "1", "--no-validate",
                   "-o", tmp_path / "out")
     assert result.exit_code == 2 and "validation is turned off" in result.output
+    # Without calibration data int8 is dynamic range: nothing to keep in float, never silently.
+    result = _cli("compress", "nets.py:build", "--target", "onnx", "--keep-float", "conv", "-o", tmp_path / "out")
+    assert result.exit_code == 2 and "(--keep-float)" in result.output and "--calib" in result.output
+    result = _cli("compress", "nets.py:build", "--target", "onnx", "--val", calib, "--max-fidelity-drop", "1",
+                  "-o", tmp_path / "out")
+    assert result.exit_code == 2 and "no calibration data" in result.output
     assert not (tmp_path / "out").exists()
