@@ -84,6 +84,6 @@ def test_int8_of_an_old_opset_model_is_valid_onnx(tmp_path, opset, nchw_calib):
     ("1,3,224,224", {"input": (1, 3, 224, 224)}),
 ])
 def test_cli_input_shape_forms(text, expected):
-    from edgeopt.cli import _input_shapes
+    from edgeopt.options import input_shapes
 
-    assert _input_shapes(None, None, (text,)) == expected
+    assert input_shapes((text,)) == expected
