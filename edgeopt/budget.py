@@ -8,8 +8,11 @@ named in ``QuantSettings.keep_float`` in float with its own mechanism (onnxrunti
 measured on the target's own runtime against the source model:
 
 1. export plain int8 (overrides applied); if the budgets hold, that is the artifact;
-2. rank layers by sensitivity: each layer alone in int8, all others in float, scored at the
-   model's output (the budget's own drop, then SQNR);
+2. rank layers by sensitivity. Where the path can edit its int8 artifact (``float_edit``) and
+   rank from one run (``sensitivity``), by the error each layer adds at its output, and every try
+   below is an edit, with only the final choice quantized again; elsewhere each layer alone in
+   int8, all others in float, exported and scored at the model's output (the budget's own drop,
+   then SQNR);
 3. keep the most sensitive 1, 2, 4, ... layers in float until the budgets hold, then narrow down
    between the last count that failed and the first that passed.
 
@@ -42,8 +45,8 @@ from edgeopt.validate import fidelity as fid
 Progress = Callable[[str], None]
 Export = Callable[[Path, QuantSettings], ExportResult]
 
-# The ranking judges each layer on this many validation samples: it orders layers, and the tries
-# that follow are judged on all of them.
+# The one-run ranking and the edit probe use this many validation samples: they order layers and
+# check a mechanism, while every try is judged on all of them.
 RANKING_SAMPLES = 16
 # Points of fidelity drop the all-float edit may keep for edits to stand in for quantizing again.
 EDIT_REACHES_FLOAT = 0.05
@@ -116,6 +119,10 @@ class Judge:
     @property
     def samples(self) -> int:
         return len(self._val)
+
+    def rows(self, samples: int) -> list[dict[str, np.ndarray]]:
+        """The first ``samples`` validation rows."""
+        return [row for row, _ in zip(self._val, range(samples))]
 
     def subset(self, samples: int) -> Judge:
         """A judge of the first ``samples`` validation samples (itself when there are no more)."""
@@ -273,18 +280,24 @@ def run(req: Request, out: Path, scratch: Callable[[str], Path], say: Progress) 
     fixed_int8 = {n for n, p in forced.items() if p == "int8"}
     say(f"Ranking {len(candidates)} layers of the {req.target} artifact by sensitivity")
     edits = _Edits(req, result, scratch, layers, judge)
-    ranking = (edits.rank(candidates, judge) if edits.available else
-               _rank(req, candidates, layers, fixed_int8, scratch, judge))
-    search["ranking_method"] = (f"each layer alone in float, the rest int8 (the int8 model edited), "
-                                f"on {min(RANKING_SAMPLES, judge.samples)} validation samples"
-                                if edits.available else "each layer alone in int8, the rest float")
-    search["ranking"] = [{"layer": layer.title, "name": layer.name, "op": layer.op, **q.to_dict()}
-                         for layer, q in ranking]
-    if not edits.available:
+    added = edits.added_error(candidates, judge) if edits.available else None
+    if added is not None:
+        ranking = sorted(candidates, key=lambda layer: -added.get(layer.name, 0.0))
+        search["ranking_method"] = (f"error each layer adds at its output (noise-to-signal ratio), from one run "
+                                    f"of the int8 and float models on {min(RANKING_SAMPLES, judge.samples)} "
+                                    "validation samples")
+        search["ranking"] = [{"layer": layer.title, "name": layer.name, "op": layer.op,
+                              "added_nsr": round(added.get(layer.name, 0.0), 6)} for layer in ranking]
+    else:
+        scored = _rank(req, candidates, layers, fixed_int8, scratch, judge)
+        ranking = [layer for layer, _ in scored]
+        search["ranking_method"] = "each layer alone in int8, the rest float"
+        search["ranking"] = [{"layer": layer.title, "name": layer.name, "op": layer.op, **q.to_dict()}
+                             for layer, q in scored]
         search["exports"] += len(candidates)
     say(f"Searching for the fewest layers to keep in float ({req.target})")
     tried: dict[int, tuple[ExportResult, Quality]] = {0: (result, start)}
-    order = [layer.name for layer, _ in ranking]
+    order = [layer.name for layer in ranking]
 
     def attempt(k: int) -> bool:
         edited = edits.keep(tuple(order[:k]), f"keep{k}")
@@ -371,7 +384,7 @@ class _Edits:
     def _probe(self, layers: list[Layer], judge: Judge) -> bool:
         """Edits serve only where every layer edited back to float gives the float model again:
         a graph whose If/Loop bodies read quantized tensors (Silero VAD's) stays 80 points off."""
-        probe = self.keep(tuple(layer.name for layer in layers), "probe")
+        probe = self._make(tuple(layer.name for layer in layers), "probe")
         if probe is None:
             return False
         try:
@@ -380,6 +393,10 @@ class _Edits:
             _remove(probe)
 
     def keep(self, names: tuple[str, ...], tag: str) -> ExportResult | None:
+        """The artifact with ``names`` in float, edited; None where edits do not serve."""
+        return self._make(names, tag) if self.available else None
+
+    def _make(self, names: tuple[str, ...], tag: str) -> ExportResult | None:
         if self._edit is None:
             return None
         base = self._base
@@ -389,19 +406,13 @@ class _Edits:
             self.count += 1
         return edited
 
-    def rank(self, candidates: list[Layer], judge: Judge) -> list[tuple[Layer, Quality]]:
-        """Each candidate alone in float, the rest as in the int8 artifact; the layers whose float
-        form helps most come first."""
-        quick = judge.subset(RANKING_SAMPLES)
-        scored = []
-        for i, layer in enumerate(candidates):
-            edited = self.keep((layer.name,), f"rank{i}")
-            assert edited is not None  # available was probed
-            try:
-                scored.append((layer, quick.measure(edited)))
-            finally:
-                _remove(edited)
-        return sorted(scored, key=lambda item: (_excess(item[1], self._req.budgets), -_sqnr(item[1])))
+    def added_error(self, candidates: list[Layer], judge: Judge) -> dict[str, float] | None:
+        """The error each candidate adds, from the path's one-run ranking; None without one."""
+        record = registry.export_path(self._req.key)
+        if record is None or not record.sensitivity:
+            return None
+        rows = judge.rows(RANKING_SAMPLES)
+        return registry.load(record.sensitivity)(self._req.model, self._base.path, candidates, rows)
 
 
 def _sqnr(q: Quality) -> float:

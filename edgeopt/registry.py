@@ -47,6 +47,9 @@ class ExportPath:
     # artifact with those layers put back in float by editing it, without quantizing again. The
     # budget search ranks and tries layers on edits where a path has one; None: each try exports.
     float_edit: str | None = None
+    # "module:attr" of ``(model, int8 artifact, layers, rows) -> {layer: error it adds} | None``:
+    # a ranking from one run, used with ``float_edit`` instead of one try per layer.
+    sensitivity: str | None = None
 
     def __post_init__(self):
         # Several records share one calibration dict; frozen means nobody can edit it through one.
@@ -103,6 +106,7 @@ _NNCF_CALIB = {"auto": "NNCF nncf.quantize defaults: activation ranges from the 
                "mse": _NNCF_ + "HISTOGRAM (ranges minimising the L2 quantization error)"}
 _NNCF_KEEP = "NNCF nncf.quantize(ignored_scope=nncf.IgnoredScope(names=...))"
 _ORT_EDIT = "edgeopt.exporters.onnx_float_edit:keep_in_float"
+_ORT_SENSITIVITY = "edgeopt.exporters.onnx_sensitivity:added_error"
 # No OpenVINO edit: NNCF moves a FakeQuantize up through reshapes and pools, where other ops share
 # it, and bypassing only the quantizers an op reads directly left a 10-conv test net 12 points
 # off where ignored_scope brought it to 0.07.
@@ -120,13 +124,13 @@ EXPORTS: tuple[ExportPath, ...] = (
                calibration=_AEQ_CALIB),
     ExportPath("keras->onnx", "edgeopt.exporters.onnx:export_keras", (TF2ONNX, ORT),
                calibration=_ORT_CALIB, keep_float=_ORT_KEEP, layers="edgeopt.exporters.onnx:quantized_layers",
-               float_edit=_ORT_EDIT),
+               float_edit=_ORT_EDIT, sensitivity=_ORT_SENSITIVITY),
     ExportPath("torch->onnx", "edgeopt.exporters.onnx:export_torch", (TORCH, ONNXSCRIPT, ORT),
                calibration=_ORT_CALIB, keep_float=_ORT_KEEP, layers="edgeopt.exporters.onnx:quantized_layers",
-               float_edit=_ORT_EDIT),
+               float_edit=_ORT_EDIT, sensitivity=_ORT_SENSITIVITY),
     ExportPath("onnx->onnx", "edgeopt.exporters.onnx:export_onnx", (ONNX, ORT),
                calibration=_ORT_CALIB, keep_float=_ORT_KEEP, layers="edgeopt.exporters.onnx:quantized_layers",
-               float_edit=_ORT_EDIT),
+               float_edit=_ORT_EDIT, sensitivity=_ORT_SENSITIVITY),
     ExportPath("keras->openvino", "edgeopt.exporters.openvino:export_keras", (TF, OPENVINO, NNCF),
                calibration=_NNCF_CALIB, keep_float=_NNCF_KEEP, layers="edgeopt.exporters.openvino:quantized_layers"),
     ExportPath("torch->openvino", "edgeopt.exporters.openvino:export_torch", (TORCH, OPENVINO, NNCF),

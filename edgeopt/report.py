@@ -220,8 +220,12 @@ def quantization_lines(a: dict[str, Any]) -> list[str]:
         method = search.get("ranking_method", "each layer alone in int8, the rest float")
         lines += ["", f"Sensitivity ({method}; the layers most worth keeping in float first):", "",
                   "| layer | op | fidelity drop | SQNR dB |", "|---|---|---|---|"]
-        for r in search["ranking"]:
-            lines.append(f"| `{r['layer']}` | {r['op']} | {r['fidelity_drop']:.3g} | {fmt_num(r.get('sqnr_db'), 1)} |")
+        if "added_nsr" in search["ranking"][0]:
+            lines[-2:] = ["| layer | op | noise-to-signal ratio it adds |", "|---|---|---|"]
+            lines += [f"| `{r['layer']}` | {r['op']} | {r['added_nsr']:.3g} |" for r in search["ranking"]]
+        else:
+            for r in search["ranking"]:
+                lines.append(f"| `{r['layer']}` | {r['op']} | {r['fidelity_drop']:.3g} | {fmt_num(r.get('sqnr_db'), 1)} |")
     return lines
 
 

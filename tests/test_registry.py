@@ -81,3 +81,6 @@ def test_a_float_edit_belongs_to_a_path_that_keeps_layers_in_float():
         if record.float_edit:
             assert record.keep_float and record.layers, record.key
             assert callable(registry.load(record.float_edit)), record.key
+        if record.sensitivity:  # a one-run ranking is tried on edits
+            assert record.float_edit, record.key
+            assert callable(registry.load(record.sensitivity)), record.key

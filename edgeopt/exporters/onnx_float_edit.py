@@ -34,6 +34,11 @@ def remember_prepared(source: LoadedModel, prepared: Any) -> None:
         _PREPARED.pop(source, None)
 
 
+def prepared_graph(source: LoadedModel) -> bytes | None:
+    """The serialized float graph ``source``'s int8 model was quantized from, if known."""
+    return _PREPARED.get(source)
+
+
 def keep_in_float(source: LoadedModel, artifact: Path, names: tuple[str, ...], out: Path) -> ExportResult | None:
     """``artifact`` with the nodes ``names`` in float, written to ``out``; None when the prepared
     graph of ``source`` is not known (then the caller quantizes with nodes_to_exclude instead)."""

@@ -1,0 +1,42 @@
+"""The error each layer of an int8 ONNX model adds, from one run: the layer that reads the outlier
+tensor of the outlier net comes first, and the others add next to nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+import tiny_models  # noqa: E402
+from edgeopt.exporters import onnx as onnx_export  # noqa: E402
+from edgeopt.exporters import onnx_sensitivity  # noqa: E402
+from edgeopt.frameworks import onnx as onnx_loader  # noqa: E402
+from edgeopt.model import Format  # noqa: E402
+
+
+def test_the_reader_of_the_outliers_adds_the_most_error(tmp_path):
+    path = tmp_path / "outlier.onnx"
+    onnx.save(tiny_models.build_outlier_onnx(), str(path))
+    source = onnx_loader.load(path, Format.ONNX)
+    rng = np.random.default_rng(1)
+    size = tiny_models.OUTLIER_SIZE
+    np.savez(tmp_path / "calib.npz", image=rng.random((48, 3, size, size), dtype=np.float32))
+    calib = tiny_models.calib_subset(tmp_path / "calib.npz", source.handle.inputs)
+    plain = onnx_export.export_onnx(source, tmp_path / "int8.onnx", precision="int8", calib=calib)
+    layers = onnx_export.quantized_layers(source, artifact=plain.path)
+    rows = [{"image": rng.random((1, 3, size, size), dtype=np.float32)} for _ in range(8)]
+    added = onnx_sensitivity.added_error(source, plain.path, layers, rows)
+    assert set(added) == {layer.name for layer in layers}
+    ranked = sorted(added, key=added.get, reverse=True)
+    assert ranked[0] == "conv3"  # conv2 writes the outlier channels; conv3 reads them quantized
+    assert added["conv3"] > 10 * max(v for k, v in added.items() if k != "conv3")
+    assert all(v >= 0 for v in added.values())
+
+
+def test_without_the_float_graph_there_is_no_ranking(tmp_path):
+    class Unknown:
+        pass
+
+    assert onnx_sensitivity.added_error(Unknown(), tmp_path / "none.onnx", [], []) is None
