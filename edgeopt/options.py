@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from edgeopt.errors import UsageError
 from edgeopt.recipe import CompressConfig
 
 
@@ -255,11 +256,12 @@ def to_recipe(given: dict[str, Any], base: dict[str, Any] | None = None,
         if value is not None:
             _put(values, opt.key.split("."), value)
     # Distillation is on with --distill, --distill-data or a recipe's distill section; other
-    # distill settings (--distill-epochs) alone change it but do not turn it on.
+    # distill settings (--distill-epochs) change it, and alone are refused rather than dropped.
     distill = values.get("distill")
     if distill is not None and not (given.get("distill") or "data" in distill
                                     or isinstance((base or {}).get("distill"), dict)):
-        del values["distill"]
+        raise UsageError(f"{', '.join(sorted(distill))} of distillation given, and distillation is off.",
+                         hint="Add --distill (distill=True) or --distill-data PATH, or leave the setting out.")
     return values
 
 

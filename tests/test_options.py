@@ -135,7 +135,6 @@ SAME = [
     (["--prune", "channels:0.5", "--distill", "--distill-epochs", "4"],
      {"prune": {"method": "channels", "ratio": 0.5}, "distill": True, "distill_epochs": 4}),
     (["--prune", "magnitude:0.8", "--distill-data", "d.npz"], {"prune": "magnitude:0.8", "distill_data": "d.npz"}),
-    (["--distill-epochs", "4"], {"distill_epochs": 4}),  # epochs alone: no distillation
     (["--keep-float", "stem", "--keep-float", "head$"], {"keep_float": ["stem", "head$"]}),
     (["--max-accuracy-drop", "0.5", "--max-fidelity-drop", "1", "--min-speedup", "1.5", "--max-size", "512KiB"],
      {"max_accuracy_drop": 0.5, "max_fidelity_drop": 1.0, "min_speedup": 1.5, "max_size": "512KiB"}),
@@ -155,7 +154,8 @@ def test_what_the_flags_set():
     assert config.validation.enabled is False and config.overrides == {"stem": "float"}
     assert config.distill.data == Path("d.npz") and config.distill.epochs == 30
     assert config.budgets.max_size == 2_000_000
-    assert api.config("m.h5", distill_epochs=4).distill is None
+    with pytest.raises(UsageError, match="epochs of distillation given, and distillation is off"):
+        api.config("m.h5", distill_epochs=4)
 
 
 def test_api_section_mappings_still_work_and_keywords_lay_over_them():
@@ -210,7 +210,8 @@ def test_distill_flags_over_a_recipe(tmp_path, monkeypatch):
     assert (config.distill.epochs, config.distill.temperature) == (5, 2.0)
     config = cli_config(["--recipe", with_distill, "--distill-data", "e.npz"], monkeypatch)
     assert (config.distill.data, config.distill.epochs) == (Path("e.npz"), 50)  # the recipe's epochs kept
-    assert cli_config(["--recipe", without, "--distill-epochs", "5"], monkeypatch).distill is None
+    assert "distillation is off" in cli_error(["compress", "--recipe", without, "--distill-epochs", "5"])
+    assert "Add --distill" in cli_error(["compress", "m.h5", "--distill-epochs", "5"])
     assert cli_config(["--recipe", without, "--distill"], monkeypatch).distill == recipe.DistillConfig()
 
 
