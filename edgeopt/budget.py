@@ -338,7 +338,7 @@ def run(req: Request, out: Path, scratch: Callable[[str], Path], say: Progress) 
             # excluded Gemm's input quantized when the op before it is): the edit is the artifact.
             _remove(final)
             info["keep_float_mechanism"] = (f"the int8 model edited so those layers read float inputs "
-                                            f"({record_edit_name(req.key)}); {info['keep_float_mechanism']} "
+                                            f"({edits.reference}); {info['keep_float_mechanism']} "
                                             f"missed the budget there")
     search["edits"] = edits.count
     chosen, quality = tried[best_k]
@@ -365,11 +365,6 @@ def run(req: Request, out: Path, scratch: Callable[[str], Path], say: Progress) 
                    met=first_pass is not None)
 
 
-def record_edit_name(key: str) -> str:
-    record = registry.export_path(key)
-    return record.float_edit if record and record.float_edit else "no edit"
-
-
 class _Edits:
     """Tries made by editing the int8 artifact (``Request.edit``), where the backend can."""
 
@@ -377,8 +372,9 @@ class _Edits:
                  judge: Judge) -> None:
         self._req, self._base, self._scratch = req, base, scratch
         self.count = 0
-        record = registry.export_path(req.key)
-        self._edit = registry.load(record.float_edit) if record and record.float_edit else None
+        self._record = registry.export_path(req.key)
+        self.reference = self._record.float_edit if self._record else None  # "module:attr", for the report
+        self._edit = registry.load(self.reference) if self.reference else None
         self.available = self._edit is not None and self._probe(layers, judge)
 
     def _probe(self, layers: list[Layer], judge: Judge) -> bool:
@@ -408,11 +404,10 @@ class _Edits:
 
     def added_error(self, candidates: list[Layer], judge: Judge) -> dict[str, float] | None:
         """The error each candidate adds, from the path's one-run ranking; None without one."""
-        record = registry.export_path(self._req.key)
-        if record is None or not record.sensitivity:
+        if self._record is None or not self._record.sensitivity:
             return None
         rows = judge.rows(RANKING_SAMPLES)
-        return registry.load(record.sensitivity)(self._req.model, self._base.path, candidates, rows)
+        return registry.load(self._record.sensitivity)(self._req.model, self._base.path, candidates, rows)
 
 
 def _sqnr(q: Quality) -> float:
