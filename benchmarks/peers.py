@@ -13,6 +13,7 @@ The compute floor is the model's MACs over the machine's peak int8 (fp32) MAC ra
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import tempfile
@@ -34,7 +35,7 @@ import results_doc  # noqa: E402
 from rich.progress import Progress  # noqa: E402
 
 from edgeopt import registry  # noqa: E402
-from edgeopt.validate.fidelity import accuracy, fidelity  # noqa: E402
+from edgeopt.fidelity import accuracy, fidelity  # noqa: E402
 from edgeopt.validate.latency import measure_interleaved  # noqa: E402
 
 TARGETS = ("tflite", "onnx", "openvino")
@@ -108,7 +109,9 @@ def measure_cell(bench: model_set.Bench, target: str, source, work: Path, calib:
                  evaluation: tuple, args: argparse.Namespace, say) -> Cell:
     import edgeopt
 
-    exporter = registry.resolve("exporter", f"{bench.framework}->{target}")
+    from edgeopt.passes.quantize import export
+
+    exporter = functools.partial(export, f"{bench.framework}->{target}")
     folder = work / f"{bench.name.split()[0]}_{bench.framework}_{target}"
     folder.mkdir(parents=True, exist_ok=True)
     suffix = "xml" if target == "openvino" else target

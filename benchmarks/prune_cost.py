@@ -13,6 +13,7 @@ Prints a table and writes benchmarks/results/prune_cost.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import tempfile
@@ -30,6 +31,7 @@ from _results import show_and_save  # noqa: E402
 from edgeopt import registry  # noqa: E402
 from edgeopt.calibration import open_data, select  # noqa: E402
 from edgeopt.passes.base import PassContext  # noqa: E402
+from edgeopt.passes.quantize import export  # noqa: E402
 from edgeopt.recipe import PruneConfig  # noqa: E402
 from edgeopt.validate.latency import measure_interleaved  # noqa: E402
 
@@ -92,7 +94,7 @@ def measure(name: str, source, target: str, calib_path: Path, work: Path, runs: 
     pruned = registry.resolve("pass", f"prune:{source.handle.framework}")(
         source, PruneConfig(method="channels", ratio=0.5), ctx).model
     prune_s = time.perf_counter() - start
-    exporter = registry.resolve("exporter", f"{source.handle.framework}->{target}")
+    exporter = functools.partial(export, f"{source.handle.framework}->{target}")
     paths = {}
     for label, model in (("unpruned int8", source), ("pruned 50% int8", pruned)):
         result = exporter(model, work / f"{name}_{label.split()[0]}.{target}", precision="int8", calib=calib)

@@ -1,23 +1,24 @@
 """int8 within an accuracy budget: per-layer overrides, sensitivity ranking, and the search for the
 fewest layers to keep in float.
 
-One loop serves every backend. A backend supplies two things: its exporter, which keeps the layers
-named in ``QuantSettings.keep_float`` in float with its own mechanism (onnxruntime
-``nodes_to_exclude``, NNCF ``ignored_scope``, the TFLite debugger's ``denylisted_nodes``), and a
-``quant-layers`` registry entry listing the layers it quantized under those names. Everything is
-measured on the target's own runtime against the source model:
+One loop serves every backend. A backend supplies two things: its quantize pass, which keeps the
+layers named in ``QuantConfig.keep_float`` in float with its own mechanism (onnxruntime
+``nodes_to_exclude``, NNCF ``ignored_scope``, the TFLite converter's ``denylisted_nodes``), and a
+``quant-layers`` registry entry listing the layers it quantized under those names. Every try
+quantizes the target's one float artifact again (or edits the int8 one); nothing is converted
+again. Everything is measured on the target's own runtime against the source model:
 
 1. export plain int8 (overrides applied); if the budgets hold, that is the artifact;
 2. rank layers by sensitivity. Where the path can edit its int8 artifact (``float_edit``) and
    rank from one run (``sensitivity``), by the error each layer adds at its output, and every try
    below is an edit, with only the final choice quantized again; elsewhere each layer alone in
-   int8, all others in float, exported and scored at the model's output (the budget's own drop,
+   int8, all others in float, quantized and scored at the model's output (the budget's own drop,
    then SQNR);
 3. keep the most sensitive 1, 2, 4, ... layers in float until the budgets hold, then narrow down
    between the last count that failed and the first that passed.
 
-Exporting once per layer suits the small models edge devices run; the report records how many
-exports and how long it took.
+Quantizing once per layer suits the small models edge devices run; the report records how many
+quantizations ("exports") and edits it took, and how long.
 """
 
 from __future__ import annotations
@@ -36,14 +37,15 @@ import numpy as np
 from edgeopt import calibration as cal
 from edgeopt import registry
 from edgeopt.errors import UsageError
-from edgeopt.exporters.base import ExportResult, Layer, QuantSettings, check_quant
+from edgeopt.exporters.base import ExportResult, FloatArtifact, Layer
+from edgeopt.passes.quantize.config import QuantConfig, check_quant
 from edgeopt.frameworks.base import LoadedModel
 from edgeopt.recipe import BudgetsConfig
 from edgeopt.targets.base import open_own_artifact
-from edgeopt.validate import fidelity as fid
+from edgeopt.validate.evaluate import Quality, Reference
 
 Progress = Callable[[str], None]
-Export = Callable[[Path, QuantSettings], ExportResult]
+Export = Callable[[Path, QuantConfig], ExportResult]
 
 # The one-run ranking and the edit probe use this many validation samples: they order layers and
 # check a mechanism, while every try is judged on all of them.
@@ -54,98 +56,31 @@ EDIT_REACHES_FLOAT = 0.05
 
 # --- measuring ---------------------------------------------------------------------------------
 
-class Metric:
-    """The accuracy measure of ``validation.metric``: top1, top5, or FILE.py:FUNCTION."""
-
-    def __init__(self, spec: str) -> None:
-        self.spec = spec
-        self._fn = None
-        if spec not in ("top1", "top5"):
-            from edgeopt.validate.job import load_metric
-
-            self._fn = load_metric(spec)
-
-    def __call__(self, outputs: list[np.ndarray], labels: np.ndarray | None) -> dict[str, float] | None:
-        """All values (the first is the one budgets compare), or None where it cannot be computed."""
-        if self._fn is not None:
-            from edgeopt.validate.job import _call_metric
-
-            return _call_metric(self._fn, self.spec, outputs, labels) or None
-        if labels is None or not fid.is_classifier(outputs[0]):
-            return None
-        values = fid.accuracy(outputs[0], labels)
-        if self.spec in values:
-            values = {self.spec: values[self.spec], **values}
-        return values
-
-
-@dataclass
-class Quality:
-    """One artifact against the source model on the validation data."""
-
-    fidelity: dict[str, float]
-    accuracy: dict[str, float] | None
-    fidelity_drop: float  # points: 100 x (1 - top-1 agreement) for classifiers, else 100 x (1 - cosine)
-    accuracy_drop: float | None  # points of the metric's first value, source minus artifact
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"fidelity_drop": round(self.fidelity_drop, 4),
-                "accuracy_drop": None if self.accuracy_drop is None else round(self.accuracy_drop, 4),
-                "sqnr_db": self.fidelity.get("sqnr_db"), "fidelity": self.fidelity, "accuracy": self.accuracy}
-
-
-def fidelity_drop(fidelity: dict[str, float]) -> float:
-    if "top1_agreement" in fidelity:
-        return 100.0 * (1.0 - fidelity["top1_agreement"])
-    return 100.0 * (1.0 - fidelity["cosine"])
-
-
 class Judge:
-    """Scores artifacts of one target on its runtime; the source's outputs are computed once."""
+    """Scores artifacts of one target on its runtime against the run's reference outputs."""
 
-    def __init__(self, target: str, source: LoadedModel, val: cal.Subset, metric: Metric,
-                 threads: int | None) -> None:
+    def __init__(self, target: str, source: LoadedModel, reference: Reference, threads: int | None) -> None:
         self._target = target
         self._source = source
-        self._val = val
         self._threads = threads
-        self.metric = metric
-        self.labels = val.labels()
-        self.reference = _batched(source.predict, val)
-        values = metric(self.reference, self.labels)
-        self.reference_accuracy = values
-        self.exports = 0
+        self.reference = reference
 
     @property
     def samples(self) -> int:
-        return len(self._val)
+        return self.reference.samples
 
     def rows(self, samples: int) -> list[dict[str, np.ndarray]]:
         """The first ``samples`` validation rows."""
-        return [row for row, _ in zip(self._val, range(samples))]
+        return self.reference.rows(samples)
 
     def subset(self, samples: int) -> Judge:
         """A judge of the first ``samples`` validation samples (itself when there are no more)."""
-        if len(self._val) <= samples:
-            return self
-        return Judge(self._target, self._source, cal.Subset(self._val.source, self._val.indices[:samples]),
-                     self.metric, self._threads)
+        first = self.reference.first(samples)
+        return self if first is self.reference else Judge(self._target, self._source, first, self._threads)
 
     def measure(self, exported: ExportResult) -> Quality:
-        session = open_own_artifact(self._target, exported.path, self._source, threads=self._threads)
-        outputs = _batched(session.run_many, self._val, rows=True)
-        fidelity = fid.fidelity(self.reference, outputs)
-        accuracy = self.metric(outputs, self.labels)
-        drop = None
-        if accuracy and self.reference_accuracy:
-            drop = 100.0 * (next(iter(self.reference_accuracy.values())) - next(iter(accuracy.values())))
-        return Quality(fidelity, accuracy, fidelity_drop(fidelity), drop)
-
-
-def _batched(run: Callable, subset: cal.Subset, chunk: int = 32, rows: bool = False) -> list[np.ndarray]:
-    """``run`` over ``subset`` in chunks (streamed), outputs concatenated."""
-    parts = [run(part if rows else cal.stack(part)) for part in subset.chunks(chunk)]
-    return [np.concatenate(p) for p in zip(*parts)]
+        return self.reference.measure(open_own_artifact(self._target, exported.path, self._source,
+                                                        threads=self._threads))
 
 
 # --- budgets -----------------------------------------------------------------------------------
@@ -224,20 +159,20 @@ class Request:
 
     target: str
     key: str  # exporter key, e.g. keras->onnx
-    export: Export  # (path, settings) -> ExportResult, everything else fixed
-    model: LoadedModel  # what is exported (after pruning/distillation)
+    export: Export  # (path, settings) -> ExportResult: a quantization of ``floating``
+    floating: FloatArtifact  # the target's float artifact, converted once
     calib: cal.Subset | None
-    quant: QuantSettings
+    quant: QuantConfig
     overrides: dict[str, str]
     budgets: BudgetsConfig
     judge: Judge | None  # None without validation data: no search
 
 
-def quant_layers(key: str, model: LoadedModel, calib: cal.Subset | None, quant: QuantSettings,
+def quant_layers(floating: FloatArtifact, calib: cal.Subset | None, quant: QuantConfig,
                  artifact: Path) -> list[Layer]:
-    """The layers the plain int8 ``artifact`` of ``model`` quantized, under the names overrides match
-    and the search keeps in float; `compress --list-layers` prints these same ones."""
-    return registry.resolve("quant-layers", key)(model, calib=calib, quant=quant, artifact=artifact)
+    """The layers the plain int8 ``artifact`` (quantized from ``floating``) quantized, under the names
+    overrides match and the search keeps in float; `compress --list-layers` prints these same ones."""
+    return registry.resolve("quant-layers", floating.key)(floating, artifact, calib=calib, quant=quant)
 
 
 def run(req: Request, out: Path, scratch: Callable[[str], Path], say: Progress) -> Outcome:
@@ -253,7 +188,7 @@ def run(req: Request, out: Path, scratch: Callable[[str], Path], say: Progress) 
     if not req.overrides and not searching:
         return Outcome(result, info)
     info["keep_float_mechanism"] = registry.export_path(req.key).keep_float
-    layers = quant_layers(req.key, req.model, req.calib, req.quant, result.path)
+    layers = quant_layers(req.floating, req.calib, req.quant, result.path)
     forced, warnings = apply_overrides(req.overrides, layers, f"the {req.target} artifact '{out.name}'")
     info["layers"] = len(layers)
     kept0 = tuple(layer.name for layer in layers if forced.get(layer.name) == "float")
@@ -397,7 +332,7 @@ class _Edits:
             return None
         base = self._base
         # The scratch path of an edit carries the artifact's own suffix, as an export's does.
-        edited = self._edit(self._req.model, base.path, names, self._scratch(tag).with_suffix(base.path.suffix))
+        edited = self._edit(self._req.floating, base.path, names, self._scratch(tag).with_suffix(base.path.suffix))
         if edited is not None:
             self.count += 1
         return edited
@@ -407,7 +342,7 @@ class _Edits:
         if self._record is None or not self._record.sensitivity:
             return None
         rows = judge.rows(RANKING_SAMPLES)
-        return registry.load(self._record.sensitivity)(self._req.model, self._base.path, candidates, rows)
+        return registry.load(self._record.sensitivity)(self._req.floating, self._base.path, candidates, rows)
 
 
 def _sqnr(q: Quality) -> float:

@@ -9,8 +9,6 @@ selected rows are read, one at a time.
 from __future__ import annotations
 
 import hashlib
-import os
-import stat
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -20,14 +18,11 @@ from typing import IO, Literal
 import numpy as np
 
 from edgeopt.errors import InputRejected, UsageError
-from edgeopt.formats import ZIP_ERRORS
+from edgeopt.formats import ZIP_ERRORS, require_regular_file
 from edgeopt.model import TensorSpec
 
 LABELS = "labels"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm"}
-_NOT_REGULAR = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
-                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
-
 
 @dataclass(frozen=True)
 class ImageOptions:
@@ -305,27 +300,6 @@ def open_data(path: Path | str, inputs: Sequence[TensorSpec], images: ImageOptio
                             "expected class indices (integers) or one-hot numbers.",
                             hint="Save labels as numpy.int64, e.g. numpy.savez(path, ..., labels=y.astype('int64')).")
     return source
-
-
-def require_regular_file(path: Path, role: str) -> Path:
-    """``path``, once known to be a regular file (links followed), found without opening it.
-
-    Opening a named pipe waits for a writer forever, and a device or socket yields endless or no
-    bytes, so every data file passes through here before numpy, zipfile or Pillow touches it."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as exc:  # a dangling link, or no permission to look
-        raise InputRejected(f"The {role} data file '{path}' cannot be read: {exc.strerror}.",
-                            hint="Point at an existing regular file, or remove the broken entry.") from None
-    if stat.S_ISREG(mode):
-        return path
-    kind = next((name for test, name in _NOT_REGULAR if test(mode)), "not a regular file")
-    via = f" (a link to '{os.path.realpath(path)}')" if path.is_symlink() else ""
-    raise InputRejected(
-        f"The {role} data file '{path}'{via} is {kind}; edgeopt reads only regular files.",
-        hint="Copy the data into a regular file (an .npz, an .npy or an image), or move this entry out of "
-             "the data folder.",
-    )
 
 
 def _single_input(inputs: Sequence[TensorSpec], path: Path) -> TensorSpec:

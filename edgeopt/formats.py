@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import zipfile
 import zlib
 from pathlib import Path
@@ -136,3 +138,28 @@ def _looks_like_onnx(head: bytes) -> bool:
     # ModelProto's first field is usually ir_version (field 1, varint: tag 0x08), and every
     # ONNX file is a protobuf whose first tag is one of ModelProto's known fields.
     return head[:1] in (b"\x08", b"\x12", b"\x1a", b"\x22", b"\x2a", b"\x32", b"\x3a", b"\x42")
+
+
+_NOT_REGULAR = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
+
+
+def require_regular_file(path: Path, role: str) -> Path:
+    """``path``, once known to be a regular file (links followed), found without opening it.
+
+    Opening a named pipe waits for a writer forever, and a device or socket yields endless or no
+    bytes, so every data file passes through here before numpy, zipfile or Pillow touches it."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:  # a dangling link, or no permission to look
+        raise InputRejected(f"The {role} data file '{path}' cannot be read: {exc.strerror}.",
+                            hint="Point at an existing regular file, or remove the broken entry.") from None
+    if stat.S_ISREG(mode):
+        return path
+    kind = next((name for test, name in _NOT_REGULAR if test(mode)), "not a regular file")
+    via = f" (a link to '{os.path.realpath(path)}')" if path.is_symlink() else ""
+    raise InputRejected(
+        f"The {role} data file '{path}'{via} is {kind}; edgeopt reads only regular files.",
+        hint="Copy the data into a regular file (an .npz, an .npy or an image), or move this entry out of "
+             "the data folder.",
+    )

@@ -39,6 +39,13 @@ _FRAMEWORK = {
 }
 
 
+# Permutations between the image layouts: a converter moves inputs channels-last with them, and a
+# runtime session moves feeds and outputs between the source's layout and its artifact's.
+Axes = tuple[int, ...]
+NCHW_TO_NHWC: Axes = (0, 2, 3, 1)
+NHWC_TO_NCHW: Axes = (0, 3, 1, 2)
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """One input or output: ``None`` in ``shape`` marks a free (batch) dimension."""

@@ -17,7 +17,9 @@ from edgeopt import calibration as cal
 from edgeopt import recipe, registry
 from edgeopt.errors import BudgetMissed, EdgeoptError, InputRejected, UsageError
 from edgeopt.doctor import missing_distributions
-from edgeopt.exporters.base import DEFAULT_PERCENTILE, Layer, QuantSettings, check_quant
+from edgeopt.exporters.base import FloatArtifact, Layer
+from edgeopt.passes.quantize import convert, quantize
+from edgeopt.passes.quantize.config import DEFAULT_PERCENTILE, QuantConfig, check_quant
 from edgeopt.formats import SOURCE_FORMATS, detect_format, suffix_mismatch
 from edgeopt.frameworks.base import LoadedModel
 from edgeopt.model import Format, TensorSpec
@@ -26,7 +28,7 @@ from edgeopt.passes.base import PassContext
 from edgeopt.targets.base import open_own_artifact
 from edgeopt.report import build_report, render_markdown, write_json
 from edgeopt.report_html import render_html
-from edgeopt.validate import fidelity as fid
+from edgeopt.validate.evaluate import Metric, Quality, Reference
 from edgeopt.validate.latency import measure_interleaved
 from edgeopt.validate.collapse import collapse_warning
 from edgeopt.validate.slow_int8 import slow_int8_warning
@@ -68,9 +70,9 @@ ARTIFACT_SUFFIX = {"openvino": "xml"}
 PLAIN_INT8 = "int8 (no layer in float)"  # the variant that shows what keeping layers in float cost
 
 
-def quant_settings(config: recipe.CompressConfig) -> QuantSettings:
+def quant_settings(config: recipe.CompressConfig) -> QuantConfig:
     c = config.calibration
-    return QuantSettings(method=c.method, percentile=c.percentile or DEFAULT_PERCENTILE, per_channel=c.per_channel)
+    return QuantConfig(method=c.method, percentile=c.percentile or DEFAULT_PERCENTILE, per_channel=c.per_channel)
 
 
 def source_framework(model: Path) -> str | None:
@@ -182,12 +184,12 @@ def _stem(config: recipe.CompressConfig, source: LoadedModel) -> str:
     return source.handle.metadata.get("stem") or (config.model.stem if config.model.is_file() else config.model.name)
 
 
-def _exporting(config: recipe.CompressConfig, exporter: Callable, model: LoadedModel,
-               calib: cal.Subset | None) -> budget.Export:
-    """``exporter`` with everything but the path and the quantization settings fixed by ``config``."""
-    def export(path: Path, settings: QuantSettings) -> Any:
-        return exporter(model, path, precision=config.precision, calib=calib, int8_io=config.int8_io,
-                        keep_layout=config.keep_layout, quant=settings)
+def _quantizing(config: recipe.CompressConfig, floating: FloatArtifact, calib: cal.Subset | None) -> budget.Export:
+    """The quantize pass of ``floating`` with everything but the path and the quantization settings
+    fixed by ``config``."""
+    def export(path: Path, settings: QuantConfig) -> Any:
+        return quantize(floating, path, precision=config.precision, calib=calib, int8_io=config.int8_io,
+                        quant=settings)
     return export
 
 
@@ -217,7 +219,7 @@ def compress(config: recipe.CompressConfig, progress: Progress | None = None) ->
     out_dir = config.output_dir()
     check_output_dir(out_dir)
     check_plan(config)
-    metric = budget.Metric(config.validation.metric)
+    metric = Metric(config.validation.metric)
 
     say("Loading the model")
     source, notes = load_source(config.model, trust=config.trust_model, weights=config.weights,
@@ -248,34 +250,42 @@ def compress(config: recipe.CompressConfig, progress: Progress | None = None) ->
     model, stage_info = run_passes(config, source, calib, images, notes, say)
     quant = quant_settings(config)
     warnings: list[str] = []
+    # The source's outputs on the validation data, once: every target and try is judged against them.
+    reference = None
+    if val is not None:
+        say(f"Running the source model on {len(val)} validation samples")
+        reference = Reference.of_model(source, val, metric)
 
     with OutputStage(out_dir) as stage:
         artifacts = []
         stem = _stem(config, source)
         for target in config.targets:
             say(f"Converting to {target}")
-            exporter = registry.resolve("exporter", f"{source.handle.framework}->{target}")
-            # The baseline is the untouched source in fp32: speed-ups count every step. It takes the
-            # artifact's layout, so that a layout change is not counted as a speed-up. Without
-            # validation nothing is compared, and it (a whole second conversion) is not made.
-            keep = config.keep_layout
-            variants = {}
+            key = f"{source.handle.framework}->{target}"
+            # Each model is converted once per target. The baseline is the untouched source in
+            # fp32: speed-ups count every step. It takes the artifact's layout, so that a layout
+            # change is not counted as a speed-up. Without validation nothing is compared, and only
+            # the model quantized is converted.
             if config.validation.enabled:
-                variants["fp32"] = exporter(source, stage.dir / f".{stem}_baseline_fp32.{target}", precision="fp32",
-                                            keep_layout=keep, quant=quant)
-                for i, (stage_name, stage_model, _info) in enumerate(stage_info[1:], start=1):
-                    variants[stage_name] = exporter(stage_model, stage.dir / f".{stem}_stage{i}_fp32.{target}",
-                                                    precision="fp32", keep_layout=keep, quant=quant)
+                models = [("fp32", source, "baseline_fp32"),
+                          *((name, m, f"stage{i}_fp32") for i, (name, m, _) in enumerate(stage_info[1:], start=1))]
+            else:
+                models = [("float", model, "float")]
+            floats: dict[str, FloatArtifact] = {
+                variant: convert(key, converted, stage.dir / f".{stem}_{tag}.{target}", keep_layout=config.keep_layout,
+                                 calib=calib)
+                for variant, converted, tag in models}
+            floating = floats[models[-1][0]]  # the last model converted is the one quantized
+            variants = {k: f.result() for k, f in floats.items() if k != "float"}
             name = f"{stem}_{config.precision}.{ARTIFACT_SUFFIX.get(target, target)}"
             say(f"Quantizing to {config.precision}" if config.precision != "fp32" else "Writing fp32 artifact")
-            export = _exporting(config, exporter, model, calib)
+            export = _quantizing(config, floating, calib)
             outcome = None
             if config.precision == "int8" and calib is not None:
-                judge = budget.Judge(target, source, val, metric, config.validation.threads) \
-                    if val is not None and config.budgets.drives_search() else None
-                request = budget.Request(target=target, key=f"{source.handle.framework}->{target}", export=export,
-                                         model=model, calib=calib, quant=quant, overrides=config.overrides,
-                                         budgets=config.budgets, judge=judge)
+                judge = budget.Judge(target, source, reference, config.validation.threads) \
+                    if reference is not None and config.budgets.drives_search() else None
+                request = budget.Request(target=target, key=key, export=export, floating=floating, calib=calib,
+                                         quant=quant, overrides=config.overrides, budgets=config.budgets, judge=judge)
                 outcome = budget.run(request, stage.path(name), lambda tag, t=target: stage.dir / f".{stem}_{tag}.{t}",
                                      say)
                 result = outcome.result
@@ -288,18 +298,20 @@ def compress(config: recipe.CompressConfig, progress: Progress | None = None) ->
                 stage.path(extra.name)
             notes.extend(result.notes)
             variants["artifact"] = result
-            entry = _measure(target, source, variants, val, config, say, metric)
+            entry, quality = _measure(target, source, variants, reference, config, say)
             if outcome is not None:
                 entry["quantization"] = _with_latency_cost(outcome.info, entry)
-            entry["budgets"] = _budget_checks(config, entry)
+            entry["budgets"] = _budget_checks(config, entry, quality)
             slow = slow_int8_warning(entry, io_tensors=len(source.handle.inputs) + len(source.handle.outputs))
             collapsed = collapse_warning(entry)
             warnings.extend(w for w in (collapsed, slow) if w)
             artifacts.append(entry)
-            for key, exported in variants.items():
-                if key != "artifact":
+            for variant, exported in variants.items():
+                if variant != "artifact":
                     for file in (exported.path, *exported.extra_files):
                         file.unlink(missing_ok=True)
+            for floated in floats.values():
+                floated.remove()
 
         report = build_report(
             command="compress", config=config, source=source, source_sha256=_source_sha256(config.model, source),
@@ -337,12 +349,10 @@ def _with_latency_cost(info: dict[str, Any], entry: dict[str, Any]) -> dict[str,
     return info
 
 
-def _budget_checks(config: recipe.CompressConfig, entry: dict[str, Any]) -> list[dict[str, Any]]:
-    fidelity, accuracy, reference = entry.get("fidelity"), entry.get("accuracy"), entry.get("reference_accuracy")
-    accuracy_drop = 100.0 * (next(iter(reference.values())) - next(iter(accuracy.values()))) \
-        if accuracy and reference else None
-    found = budget.checks(config.budgets, fidelity_drop=budget.fidelity_drop(fidelity) if fidelity else None,
-                          accuracy_drop=accuracy_drop, speedup=entry.get("speedup"), size=entry.get("size_bytes"))
+def _budget_checks(config: recipe.CompressConfig, entry: dict[str, Any], quality: Quality | None) -> list[dict[str, Any]]:
+    found = budget.checks(config.budgets, fidelity_drop=quality.fidelity_drop if quality else None,
+                          accuracy_drop=quality.accuracy_drop if quality else None, speedup=entry.get("speedup"),
+                          size=entry.get("size_bytes"))
     return [c.to_dict() for c in found]
 
 
@@ -372,14 +382,14 @@ def check_listing(config: recipe.CompressConfig, targets: tuple[str, ...] | None
         check_quant(f"{framework}->{target}", quant_settings(config), keep_float=True)
 
 
-def listable_targets(framework: str, quant: QuantSettings, notes: list[str]) -> list[str]:
+def listable_targets(framework: str, quant: QuantConfig, notes: list[str]) -> list[str]:
     """The targets that keep layers of ``framework`` in float, calibrate with ``quant.method`` and are
     installed; all that keep layers in float when none of them is, so that the first says what it lacks."""
     keys = [p.key for p in registry.EXPORTS if p.layers and p.key.startswith(f"{framework}->")]
     usable = []
     for key in keys:
         target = key.split("->")[1]
-        lacking = missing_distributions("exporter", key) + missing_distributions("runtime", target)
+        lacking = missing_distributions("converter", key) + missing_distributions("runtime", target)
         if quant.method not in registry.export_path(key).calibration:
             notes.append(f"{target}: not listed; its quantizer has no calibration method '{quant.method}'.")
         elif lacking:
@@ -419,9 +429,12 @@ def _target_layers(config: recipe.CompressConfig, key: str, model: LoadedModel, 
     check_quant(key, quant, keep_float=True)
     target = key.split("->")[1]
     say(f"Converting to {target}")
-    exported = _exporting(config, registry.resolve("exporter", key), model, calib)(artifact, quant)
+    floating = convert(key, model, artifact.with_name(f"float_{artifact.name}"), keep_layout=config.keep_layout,
+                       calib=calib)
+    say(f"Quantizing to int8 ({target})")
+    exported = _quantizing(config, floating, calib)(artifact, quant)
     say(f"Listing the layers of the {target} artifact")
-    return budget.quant_layers(key, model, calib, quant, exported.path)
+    return budget.quant_layers(floating, calib, quant, exported.path)
 
 
 def run_passes(config: recipe.CompressConfig, source: LoadedModel, calib: cal.Subset | None,
@@ -483,9 +496,10 @@ def _data_entry(path, subset: cal.Subset | None, seed: int, held_out: bool = Fal
     return entry
 
 
-def _measure(target, source: LoadedModel, variants: dict, val: cal.Subset | None,
-             config: recipe.CompressConfig, say: Progress, metric: budget.Metric | None = None) -> dict[str, Any]:
-    """Measure every variant (fp32 baseline, intermediate stages, the artifact) side by side."""
+def _measure(target, source: LoadedModel, variants: dict, reference: Reference | None,
+             config: recipe.CompressConfig, say: Progress) -> tuple[dict[str, Any], Quality | None]:
+    """Measure every variant (fp32 baseline, intermediate stages, the artifact) side by side; returns
+    the report entry and the artifact's quality (None without validation data)."""
     threads = config.validation.threads
     # Data stays in the source's layout; each session turns it into its own.
     sessions = {k: open_own_artifact(target, v.path, source, threads=threads) for k, v in variants.items()}
@@ -498,28 +512,27 @@ def _measure(target, source: LoadedModel, variants: dict, val: cal.Subset | None
         "ops": op_summary(sessions["artifact"]), "float_fallback": result.float_fallback,
     }
     if not config.validation.enabled:
-        return entry
+        return entry, None
     entry["baseline_size_bytes"] = _size(variants["fp32"])
     extra = [k for k in variants if k not in ("fp32", "artifact")]
     measured: dict[str, dict[str, Any]] = {k: {"fp32_size_bytes": _size(variants[k])}
                                            for k in ("fp32", *extra)}
     for k in extra:
         measured[k]["precision"] = variants[k].precision
-    metric = metric or budget.Metric("top1")
-    if val is not None:
-        say(f"Validating on {len(val)} samples")
-        ref_out, outs, labels = evaluate(source, sessions, val)
-        fidelities = {k: fid.fidelity(ref_out, o) for k, o in outs.items()}
-        entry["baseline_fidelity"], entry["fidelity"] = fidelities["fp32"], fidelities["artifact"]
+    quality = None
+    if reference is not None:
+        say(f"Validating on {reference.samples} samples")
+        qualities = {k: reference.measure(session) for k, session in sessions.items()}
+        quality = qualities["artifact"]
+        entry["baseline_fidelity"], entry["fidelity"] = qualities["fp32"].fidelity, quality.fidelity
         for k in measured:
-            measured[k]["fidelity"] = fidelities[k]
-        reference_accuracy = metric(ref_out, labels)
-        if reference_accuracy is not None:
-            entry["reference_accuracy"] = reference_accuracy
-            entry["accuracy"] = metric(outs["artifact"], labels)
+            measured[k]["fidelity"] = qualities[k].fidelity
+        if reference.accuracy is not None:
+            entry["reference_accuracy"] = reference.accuracy
+            entry["accuracy"] = quality.accuracy
             for k in measured:
-                measured[k]["accuracy"] = metric(outs[k], labels)
-        feed = next(iter(val))
+                measured[k]["accuracy"] = qualities[k].accuracy
+        feed = next(iter(reference.val))
     else:
         own = {t.name: t for t in sessions["artifact"].inputs}
         feed = {t.name: np.random.default_rng(0).random((1, *_dims(t, own.get(t.name))), dtype=np.float32)
@@ -534,7 +547,7 @@ def _measure(target, source: LoadedModel, variants: dict, val: cal.Subset | None
         measured[k]["latency_ms"] = stats[k].to_dict()
     if extra:
         entry["variants"] = measured
-    return entry
+    return entry, quality
 
 
 def _dims(source: TensorSpec, own: TensorSpec | None) -> tuple[int, ...]:
@@ -556,18 +569,6 @@ def gzip_size(path: Path, *more: Path) -> int:
 def _size(exported) -> int:
     """Bytes of an artifact with the files that travel with it (an OpenVINO .bin)."""
     return sum(p.stat().st_size for p in (exported.path, *exported.extra_files))
-
-
-def evaluate(source: LoadedModel, sessions: dict, subset: cal.Subset, chunk: int = 32):
-    """Run the source (in batches) and every session (sample by sample) over ``subset``, streamed."""
-    ref_parts: list[list[np.ndarray]] = []
-    art_parts: dict[str, list[list[np.ndarray]]] = {k: [] for k in sessions}
-    for rows in subset.chunks(chunk):
-        ref_parts.append(source.predict(cal.stack(rows)))
-        for key, session in sessions.items():
-            art_parts[key].append(session.run_many(rows))
-    join = lambda parts: [np.concatenate(p) for p in zip(*parts)]  # noqa: E731
-    return join(ref_parts), {k: join(v) for k, v in art_parts.items()}, subset.labels()
 
 
 # Ops that only convert between float and int8 at the edges of integer regions, per runtime.

@@ -31,7 +31,12 @@ class Loader:
 @dataclass(frozen=True)
 class ExportPath:
     key: str  # "<source framework>-><target>"
-    exporter: str  # "module:attr"
+    # "module:attr" of ``(model, out, *, keep_layout, calib) -> FloatArtifact``: the float artifact,
+    # once per run and target.
+    convert: str
+    # "module:attr" of ``(float artifact, out, *, precision, calib, int8_io, quant) -> ExportResult``:
+    # every other precision, made from that one float artifact (edgeopt.passes.quantize).
+    quantize: str
     requires: Requires
     # Calibration methods the int8 quantizer offers, each with the backend mechanism that does it.
     # A method missing here is refused before any work (exit 2), never replaced by another; "auto"
@@ -40,14 +45,15 @@ class ExportPath:
     # The backend mechanism that keeps named layers in float; None: the path refuses per-layer
     # overrides and accuracy budgets.
     keep_float: str | None = None
-    # "module:attr" listing the layers an int8 artifact quantized, named as ``keep_float`` names
-    # them (overrides, the budget search, --list-layers); set exactly when ``keep_float`` is.
+    # "module:attr" of ``(float artifact, int8 artifact, *, calib, quant) -> [Layer]``: the layers
+    # the int8 artifact quantized, named as ``keep_float`` names them (overrides, the budget
+    # search, --list-layers); set exactly when ``keep_float`` is.
     layers: str | None = None
-    # "module:attr" of ``(model, int8 artifact, layer names, out) -> ExportResult | None``: the
+    # "module:attr" of ``(float artifact, int8 artifact, layer names, out) -> ExportResult | None``: the
     # artifact with those layers put back in float by editing it, without quantizing again. The
     # budget search ranks and tries layers on edits where a path has one; None: each try exports.
     float_edit: str | None = None
-    # "module:attr" of ``(model, int8 artifact, layers, rows) -> {layer: error it adds} | None``:
+    # "module:attr" of ``(float artifact, int8 artifact, layers, rows) -> {layer: error it adds} | None``:
     # a ranking from one run, used with ``float_edit`` instead of one try per layer.
     sensitivity: str | None = None
 
@@ -90,7 +96,7 @@ LOADERS: tuple[Loader, ...] = (
 _TFLITE_KEEP = "TFLite QuantizationDebugger, QuantizationDebugOptions(denylisted_nodes=...)"
 _AEQ_CALIB = {"auto": "ai-edge-quantizer static recipe, min_max_uniform_quant, with activation ranges from global "
                       "min/max or its moving average, whichever is closer to the float model on calibration samples "
-                      "(edgeopt.exporters.tflite_ranges)",
+                      "(edgeopt.passes.quantize.tflite_ranges)",
               "minmax": "ai-edge-quantizer static recipe, min_max_uniform_quant, ranges chosen as for auto"}
 _ORT_ = "onnxruntime quantize_static, CalibrationMethod."
 _ORT_CALIB = {"auto": _ORT_ + "MinMax (its default)", "minmax": _ORT_ + "MinMax",
@@ -105,38 +111,40 @@ _NNCF_CALIB = {"auto": "NNCF nncf.quantize defaults: activation ranges from the 
                              "(StatisticsType.QUANTILE, AggregatorType.MEAN)",
                "mse": _NNCF_ + "HISTOGRAM (ranges minimising the L2 quantization error)"}
 _NNCF_KEEP = "NNCF nncf.quantize(ignored_scope=nncf.IgnoredScope(names=...))"
-_ORT_EDIT = "edgeopt.exporters.onnx_float_edit:keep_in_float"
-_ORT_SENSITIVITY = "edgeopt.exporters.onnx_sensitivity:added_error"
+_ORT_QUANTIZE, _NNCF_QUANTIZE, _AEQ_QUANTIZE = (f"edgeopt.passes.quantize.{m}:quantize" for m in ("onnx", "openvino", "tflite_aeq"))
+_ORT_LAYERS, _NNCF_LAYERS = "edgeopt.passes.quantize.onnx:quantized_layers", "edgeopt.passes.quantize.openvino:quantized_layers"
+_ORT_EDIT = "edgeopt.passes.quantize.onnx_float_edit:keep_in_float"
+_ORT_SENSITIVITY = "edgeopt.passes.quantize.onnx_sensitivity:added_error"
 # No OpenVINO edit: NNCF moves a FakeQuantize up through reshapes and pools, where other ops share
 # it, and bypassing only the quantizers an op reads directly left a 10-conv test net 12 points
 # off where ignored_scope brought it to 0.07.
 
 EXPORTS: tuple[ExportPath, ...] = (
-    ExportPath("keras->tflite", "edgeopt.exporters.tflite:export_keras", (TF,),
+    ExportPath("keras->tflite", "edgeopt.exporters.tflite:convert_keras", "edgeopt.passes.quantize.tflite:quantize", (TF,),
                calibration={"auto": "TFLite converter representative_dataset (min/max ranges, its only method)",
                             "minmax": "TFLite converter representative_dataset (min/max ranges)"},
-               keep_float=_TFLITE_KEEP, layers="edgeopt.exporters.tflite:keras_layers"),
+               keep_float=_TFLITE_KEEP, layers="edgeopt.passes.quantize.tflite:keras_layers"),
     # No keep_float/layers: edgeopt offers no layers in float through ai-edge-quantizer, so these two
     # paths refuse overrides and budgets before any work.
-    ExportPath("torch->tflite", "edgeopt.exporters.tflite_torch:export_torch", (LITERT_TORCH, AEQ),
+    ExportPath("torch->tflite", "edgeopt.exporters.tflite_onnx:convert_torch", _AEQ_QUANTIZE, (LITERT_TORCH, AEQ),
                calibration=_AEQ_CALIB),
-    ExportPath("onnx->tflite", "edgeopt.exporters.tflite_onnx:export_onnx", (ONNX, ORT, TORCH, LITERT_TORCH, AEQ),
+    ExportPath("onnx->tflite", "edgeopt.exporters.tflite_onnx:convert_onnx", _AEQ_QUANTIZE, (ONNX, ORT, TORCH, LITERT_TORCH, AEQ),
                calibration=_AEQ_CALIB),
-    ExportPath("keras->onnx", "edgeopt.exporters.onnx:export_keras", (TF2ONNX, ORT),
-               calibration=_ORT_CALIB, keep_float=_ORT_KEEP, layers="edgeopt.exporters.onnx:quantized_layers",
+    ExportPath("keras->onnx", "edgeopt.exporters.onnx:convert_keras", _ORT_QUANTIZE, (TF2ONNX, ORT),
+               calibration=_ORT_CALIB, keep_float=_ORT_KEEP, layers=_ORT_LAYERS,
                float_edit=_ORT_EDIT, sensitivity=_ORT_SENSITIVITY),
-    ExportPath("torch->onnx", "edgeopt.exporters.onnx:export_torch", (TORCH, ONNXSCRIPT, ORT),
-               calibration=_ORT_CALIB, keep_float=_ORT_KEEP, layers="edgeopt.exporters.onnx:quantized_layers",
+    ExportPath("torch->onnx", "edgeopt.exporters.onnx:convert_torch", _ORT_QUANTIZE, (TORCH, ONNXSCRIPT, ORT),
+               calibration=_ORT_CALIB, keep_float=_ORT_KEEP, layers=_ORT_LAYERS,
                float_edit=_ORT_EDIT, sensitivity=_ORT_SENSITIVITY),
-    ExportPath("onnx->onnx", "edgeopt.exporters.onnx:export_onnx", (ONNX, ORT),
-               calibration=_ORT_CALIB, keep_float=_ORT_KEEP, layers="edgeopt.exporters.onnx:quantized_layers",
+    ExportPath("onnx->onnx", "edgeopt.exporters.onnx:convert_onnx", _ORT_QUANTIZE, (ONNX, ORT),
+               calibration=_ORT_CALIB, keep_float=_ORT_KEEP, layers=_ORT_LAYERS,
                float_edit=_ORT_EDIT, sensitivity=_ORT_SENSITIVITY),
-    ExportPath("keras->openvino", "edgeopt.exporters.openvino:export_keras", (TF, OPENVINO, NNCF),
-               calibration=_NNCF_CALIB, keep_float=_NNCF_KEEP, layers="edgeopt.exporters.openvino:quantized_layers"),
-    ExportPath("torch->openvino", "edgeopt.exporters.openvino:export_torch", (TORCH, OPENVINO, NNCF),
-               calibration=_NNCF_CALIB, keep_float=_NNCF_KEEP, layers="edgeopt.exporters.openvino:quantized_layers"),
-    ExportPath("onnx->openvino", "edgeopt.exporters.openvino:export_onnx", (OPENVINO, NNCF),
-               calibration=_NNCF_CALIB, keep_float=_NNCF_KEEP, layers="edgeopt.exporters.openvino:quantized_layers"),
+    ExportPath("keras->openvino", "edgeopt.exporters.openvino:convert_keras", _NNCF_QUANTIZE, (TF, OPENVINO, NNCF),
+               calibration=_NNCF_CALIB, keep_float=_NNCF_KEEP, layers=_NNCF_LAYERS),
+    ExportPath("torch->openvino", "edgeopt.exporters.openvino:convert_torch", _NNCF_QUANTIZE, (TORCH, OPENVINO, NNCF),
+               calibration=_NNCF_CALIB, keep_float=_NNCF_KEEP, layers=_NNCF_LAYERS),
+    ExportPath("onnx->openvino", "edgeopt.exporters.openvino:convert_onnx", _NNCF_QUANTIZE, (OPENVINO, NNCF),
+               calibration=_NNCF_CALIB, keep_float=_NNCF_KEEP, layers=_NNCF_LAYERS),
 )
 
 RUNTIMES: tuple[Runtime, ...] = (
@@ -157,7 +165,8 @@ PASSES: tuple[Pass, ...] = (
 # A "quant-layers" entry needs nothing of its own: its path's exporter entry names the requirements.
 _ENTRIES: dict[tuple[str, str], tuple[str, Requires]] = {
     **{("loader", r.key): (r.loader, r.requires) for r in LOADERS},
-    **{("exporter", r.key): (r.exporter, r.requires) for r in EXPORTS},
+    **{("converter", r.key): (r.convert, r.requires) for r in EXPORTS},
+    **{("quantizer", r.key): (r.quantize, r.requires) for r in EXPORTS},
     **{("runtime", r.key): (r.open_session, r.requires) for r in RUNTIMES},
     **{("quant-layers", r.key): (r.layers, ()) for r in EXPORTS if r.layers},
     **{("pass", r.key): (r.run, r.requires) for r in PASSES},

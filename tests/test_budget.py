@@ -13,6 +13,7 @@ import pytest
 import tiny_models
 from edgeopt import budget, recipe
 from edgeopt.exporters.base import Layer
+from edgeopt.validate.evaluate import fidelity_drop
 
 FAST = ["--runs", "5", "--warmup", "1"]
 OUTLIER_PAIR = ["conv2", "conv3"]  # the conv that makes the outliers and the one that reads them
@@ -38,8 +39,8 @@ def test_budget_checks_pass_at_the_limit_and_need_a_value():
 
 
 def test_fidelity_drop_is_top1_for_classifiers_and_cosine_otherwise():
-    assert budget.fidelity_drop({"top1_agreement": 0.97, "cosine": 0.5}) == pytest.approx(3.0)
-    assert budget.fidelity_drop({"cosine": 0.995}) == pytest.approx(0.5)
+    assert fidelity_drop({"top1_agreement": 0.97, "cosine": 0.5}) == pytest.approx(3.0)
+    assert fidelity_drop({"cosine": 0.995}) == pytest.approx(0.5)
 
 
 # --- the outlier model ------------------------------------------------------------------------

@@ -269,7 +269,7 @@ def test_remote_runner_feeds_the_artifacts_layout(two_layouts, tmp_path):
     import shutil
 
     from edgeopt.targets.litert import open_session
-    from edgeopt.validate import remote_runner
+    from edgeopt.targets import remote_runner
 
     with np.load(two_layouts["val"]) as data:
         image = data["image"][:4]

@@ -20,7 +20,7 @@ from conftest import (CALIB_SAMPLES, assert_full_integer, build_model, keras_pre
                       mean_cosine, random_inputs, run_tflite, tflite_ops)
 from edgeopt import recipe  # noqa: E402
 from edgeopt.errors import ConversionError, UnsafeModel  # noqa: E402
-from edgeopt.exporters import tflite as tflite_exporter  # noqa: E402
+from edgeopt.passes.quantize import tflite as tflite_quant  # noqa: E402
 from edgeopt.outputs import STAGE_PREFIX  # noqa: E402
 from edgeopt.targets.litert import default_threads  # noqa: E402
 
@@ -277,9 +277,9 @@ def test_no_validate_skips_measurements(saved_model, calib_file, tmp_path, monke
 
     def recording(kind, key):
         found = resolve(kind, key)
-        if kind != "exporter":
+        if kind != "converter":
             return found
-        return lambda *a, **k: exported.append(k["precision"]) or found(*a, **k)
+        return lambda *a, **k: exported.append("float") or found(*a, **k)
 
     monkeypatch.setattr(registry, "resolve", recording)
     steps = []
@@ -287,7 +287,8 @@ def test_no_validate_skips_measurements(saved_model, calib_file, tmp_path, monke
                               progress=steps.append)
     (artifact,) = result.artifacts
     assert "fidelity" not in artifact and "latency_ms" not in artifact
-    assert exported == ["int8"] and "baseline_size_bytes" not in artifact  # no fp32 baseline: nothing compares it
+    # One conversion, of the model quantized: no fp32 baseline, since nothing compares it.
+    assert exported == ["float"] and "baseline_size_bytes" not in artifact
     # Nothing is held back for a validation that does not run: every calibration sample calibrates.
     assert result.report["calibration"]["samples"] == len(np.load(calib_file("conv"))["image"])
     assert [row[0] for row in summary_rows(result.report)[1]] == ["conv_int8.tflite"]
@@ -343,19 +344,16 @@ def earlier_outputs(tmp_path):
 @pytest.mark.parametrize("error", [ConversionError("op XYZ has no kernel"), KeyboardInterrupt()])
 def test_failure_mid_run_keeps_earlier_outputs(saved_model, calib_file, monkeypatch, earlier_outputs, error):
     out, files = earlier_outputs
-    real = tflite_exporter.export_keras
     calls = []
 
-    def fails_on_int8(source, path, *, precision, **kwargs):
-        calls.append(precision)
-        if precision == "int8":
-            path.write_bytes(b"TFL3 half written")
-            raise error
-        return real(source, path, precision=precision, **kwargs)
+    def fails_on_int8(floating, path, *, precision, **kwargs):
+        calls.append((floating.path.is_file(), precision))
+        path.write_bytes(b"TFL3 half written")
+        raise error
 
-    monkeypatch.setattr(tflite_exporter, "export_keras", fails_on_int8)
+    monkeypatch.setattr(tflite_quant, "quantize", fails_on_int8)
     with pytest.raises(type(error)):
         edgeopt.compress(saved_model("conv"), calib=calib_file("conv"), output=out, **FAST)
-    assert calls == ["fp32", "int8"]  # it failed inside the stage, after real work
+    assert calls == [(True, "int8")]  # it failed inside the stage, after real work (the float artifact)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == files
     assert not any(p.name.startswith(STAGE_PREFIX) for p in out.parent.rglob("*"))

@@ -6,7 +6,7 @@ import pytest
 
 from edgeopt import doctor, registry
 from edgeopt.errors import ConversionError
-from edgeopt.exporters.base import CALIBRATION_METHODS
+from edgeopt.passes.quantize.config import CALIBRATION_METHODS
 
 
 def _resolves_to(kind: str, key: str, reference: str) -> None:
@@ -23,7 +23,8 @@ def test_every_entry_resolves_to_a_callable(kind, key):
 
 @pytest.mark.parametrize("path", registry.EXPORTS, ids=lambda p: p.key)
 def test_every_export_record_is_complete(path):
-    _resolves_to("exporter", path.key, path.exporter)
+    _resolves_to("converter", path.key, path.convert)
+    _resolves_to("quantizer", path.key, path.quantize)
     assert path.requires, f"{path.key} lists no requirements"
     assert "auto" in path.calibration, f"{path.key} has no 'auto' calibration (the backend's own default)"
     assert set(path.calibration) <= set(CALIBRATION_METHODS)
@@ -50,8 +51,8 @@ def test_records_are_frozen():
 
 
 def test_unknown_entry_names_the_choices():
-    with pytest.raises(ConversionError, match="No exporter for 'keras->coreml'") as info:
-        registry.resolve("exporter", "keras->coreml")
+    with pytest.raises(ConversionError, match="No converter for 'keras->coreml'") as info:
+        registry.resolve("converter", "keras->coreml")
     assert "keras->tflite" in info.value.hint
     assert registry.export_path("keras->coreml") is None
 
@@ -68,7 +69,7 @@ def test_requirements_are_import_and_distribution_names():
         needs = registry.requirements(kind, key)
         assert needs or kind == "quant-layers", f"{kind} {key} lists no requirements"
         assert all(isinstance(m, str) and isinstance(d, str) for m, d in needs)
-    assert registry.requirements("exporter", "keras->coreml") == ()
+    assert registry.requirements("converter", "keras->coreml") == ()
 
 
 def test_doctor_lists_every_entry():

@@ -1,69 +1,21 @@
-"""What every exporter takes beyond the model (``QuantSettings``) and what it returns."""
+"""What every exporter takes beyond the model (``QuantConfig``) and what it returns."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+import shutil
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-from edgeopt.errors import ConversionError, UsageError
-
-CALIBRATION_METHODS = ("auto", "minmax", "percentile", "entropy", "mse")  # auto: each backend's own default
-DEFAULT_PERCENTILE = 99.999  # onnxruntime's own default for its Percentile calibrator
-
-
-@dataclass(frozen=True)
-class QuantSettings:
-    """How an int8 artifact is calibrated, and which layers stay in float.
-
-    Every exporter takes this one object (``quant=``); the pipeline refuses a method a backend
-    cannot do before any work starts, so an exporter never substitutes another one.
-    ``keep_float`` holds layer/node names exactly as the backend's own exclusion mechanism names
-    them (ONNX node names, TFLite op output tensor names, OpenVINO friendly names).
-    """
-
-    method: str = "auto"
-    percentile: float = DEFAULT_PERCENTILE
-    per_channel: bool = True
-    keep_float: tuple[str, ...] = ()
-
-    def describe(self) -> str:
-        method = {"percentile": f"percentile {self.percentile:g}", "auto": "the backend's default"}.get(self.method,
-                                                                                                    self.method)
-        return f"{method}, {'per-channel' if self.per_channel else 'per-tensor'} weights"
-
-
-DEFAULT_QUANT = QuantSettings()
-
-
-def check_quant(exporter_key: str, quant: QuantSettings, *, keep_float: bool = False) -> str:
-    """The mechanism that does ``quant.method`` on this path, or a UsageError naming target and
-    method; with ``keep_float``, also the refusal of a path that cannot keep layers in float."""
-    from edgeopt.registry import export_path
-
-    target = exporter_key.split("->")[-1]
-    path = export_path(exporter_key)
-    methods = path.calibration if path else {}
-    if quant.method not in methods:
-        raise UsageError(
-            f"The {target} target ({exporter_key}) cannot calibrate with method '{quant.method}'; "
-            f"its quantizer offers: {', '.join(methods) or 'none'}.",
-            hint=f"Pick one of those for --calib-method (or calibration.method in the recipe), or drop "
-                 f"'{target}' from the targets. edgeopt never swaps in another method silently.")
-    if keep_float and (path is None or path.keep_float is None):
-        raise UsageError(
-            f"The {target} target ({exporter_key}) cannot keep chosen layers in float, which per-layer "
-            "overrides and --max-accuracy-drop/--max-fidelity-drop need.",
-            hint="Drop the overrides and accuracy/fidelity budgets for this target, or export to onnx/openvino "
-                 "(or tflite from a Keras model).")
-    return methods[quant.method]
-
+from edgeopt.errors import ConversionError
+from edgeopt.frameworks.base import LoadedModel
 
 @dataclass(frozen=True)
 class Layer:
     """One quantizable layer of an artifact, named as the backend's exclusion mechanism names it."""
 
-    name: str  # what goes into QuantSettings.keep_float
+    name: str  # what goes into QuantConfig.keep_float (edgeopt.passes.quantize.config)
     op: str  # op type in the backend (Conv, CONV_2D, Convolution, ...)
     label: str = ""  # the source layers it came from, for people; ``name`` when empty
 
@@ -95,6 +47,53 @@ class ExportResult:
     float_fallback: bool = False  # some ops stayed in float in an int8 artifact
     # Files that belong with ``path`` and must travel with it (an OpenVINO .bin beside its .xml).
     extra_files: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class FloatArtifact:
+    """One target's float model, converted once per run: the fp32 artifact on disk, and what the
+    path's quantize pass reads from it.
+
+    Every artifact of a run at every precision (the plain int8 one, each try of the budget search,
+    the listing of ``--list-layers``) is quantized from this one conversion, so layer names are
+    fixed here: a name taken from one int8 artifact resolves to the same node in the next.
+    """
+
+    key: str  # "<source framework>-><target>", the registry's ExportPath
+    model: LoadedModel  # what was converted: the source, or the model after pruning/distillation
+    path: Path  # the fp32 artifact
+    extra_files: list[Path] = field(default_factory=list)  # an OpenVINO .bin beside its .xml
+    notes: list[str] = field(default_factory=list)
+    # "source-quantized": the source was int8 already, and every precision is this file as it is.
+    precision: str = "fp32"
+    # What the quantize pass needs besides the file (the un-renamed float flatbuffer, moved inputs).
+    native: Any = None
+    # What a quantize pass computed once for this artifact and reuses: activation ranges per
+    # calibration set, the graph prepared for quantization.
+    memo: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def files(self) -> list[Path]:
+        return [self.path, *self.extra_files]
+
+    def result(self) -> ExportResult:
+        """The fp32 artifact where it lies."""
+        return ExportResult(self.path, self.precision, list(self.notes), extra_files=list(self.extra_files))
+
+    def copy_to(self, out: Path) -> ExportResult:
+        """The fp32 artifact as a file of its own at ``out`` (same suffixes)."""
+        target = out.with_suffix(self.path.suffix)
+        shutil.copyfile(self.path, target)
+        extras = []
+        for extra in self.extra_files:
+            extras.append(target.with_suffix(extra.suffix))
+            shutil.copyfile(extra, extras[-1])
+        notes = [note.replace(self.path.name, target.name) for note in self.notes]
+        return replace(self.result(), path=target, extra_files=extras, notes=notes)
+
+    def remove(self) -> None:
+        for file in self.files:
+            file.unlink(missing_ok=True)
 
 
 def conversion_failure(tool: str, model: Path, exc: Exception) -> ConversionError:

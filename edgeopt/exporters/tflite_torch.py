@@ -1,56 +1,43 @@
-"""PyTorch -> TFLite: litert-torch writes the float model, ai-edge-quantizer applies the precision.
+"""PyTorch -> TFLite float artifacts: litert-torch writes the float model.
 
 litert-torch keeps the module's own layout, so NCHW image inputs (and 4-D image outputs) are moved
 channels-last first with ``litert_torch.to_channel_last_io``: TFLite kernels and delegates are
 built for NHWC, and a model that takes NCHW runs transposes inside. ``keep_layout`` keeps NCHW.
 
-The quantizer works on the float flatbuffer: fp16 casts weights, int8 with calibration data
-quantizes weights and activations (inputs and outputs stay float unless int8 I/O is asked for),
-int8 without data quantizes weights and lets the runtime quantize activations on the fly.
+ai-edge-quantizer then makes every precision from the float flatbuffer
+(``edgeopt.passes.quantize.tflite_aeq``).
 
-ONNX sources come here too (``tflite_onnx``): their graph is first run as a PyTorch module.
+ONNX sources and TorchScript come here too (``tflite_onnx``): an ONNX graph is first run as a
+PyTorch module.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import sys
 import tempfile
 import warnings
-import weakref
-from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from edgeopt.calibration import Subset
 from edgeopt.deps import quiet_stderr, require
-from edgeopt.errors import ConversionError
-from edgeopt.exporters import tflite_ranges as range_rule
-from edgeopt.exporters.tflite import FLOAT_ONLY_OPS
-from edgeopt.exporters.base import DEFAULT_QUANT, ExportResult, QuantSettings, check_quant, conversion_failure
+from edgeopt.exporters.base import FloatArtifact, conversion_failure
 from edgeopt.frameworks.base import LoadedModel, guess_layout
-from edgeopt.targets.base import NCHW_TO_NHWC, Axes
+from edgeopt.model import NCHW_TO_NHWC, Axes
 
 
-def export_torch(source: LoadedModel, out: Path, *, precision: str, calib: Subset | None = None,
-                 int8_io: bool = False, keep_layout: bool = False,
-                 quant: QuantSettings = DEFAULT_QUANT) -> ExportResult:
-    if _is_torchscript(source):
-        return _torchscript_via_onnx(source, out, precision=precision, calib=calib, int8_io=int8_io,
-                                     keep_layout=keep_layout, quant=quant)
-    if precision == "int8" and calib is not None:
-        # ai-edge-quantizer calibrates with min/max only; layers in float are not offered here.
-        check_quant("torch->tflite", quant, keep_float=bool(quant.keep_float))
+def convert_module(source: LoadedModel, out: Path, *, keep_layout: bool = False,
+                   calib: Subset | None = None) -> FloatArtifact:
+    """The float flatbuffer of a PyTorch module (not TorchScript: ``tflite_onnx.convert_torch``)."""
     litert_torch = require("litert_torch", "Converting PyTorch models to TFLite")
-    notes: list[str] = []
     moved_inputs, moved_outputs = ([], []) if keep_layout else _channels_first(source)
     with tempfile.TemporaryDirectory(prefix=".edgeopt-tflite-", dir=out.parent) as tmp:
-        float_path = out if precision == "fp32" else Path(tmp) / "float.tflite"
+        raw = Path(tmp) / "float.tflite"
         try:
-            with _quiet():
+            with quiet():
                 module, example = source.native, source.example_inputs()
                 if moved_inputs or moved_outputs:
                     # The wrapper is a new module, in training mode unless told otherwise.
@@ -58,60 +45,24 @@ def export_torch(source: LoadedModel, out: Path, *, precision: str, calib: Subse
                     example = tuple(x.permute(*NCHW_TO_NHWC).contiguous() if i in moved_inputs else x
                                     for i, x in enumerate(example))
                 edge = litert_torch.convert(module, example)
-                edge.export(str(float_path))
+                edge.export(str(raw))
         except Exception as exc:
             raise conversion_failure("litert_torch.convert", source.handle.path, exc) from exc
-        flat_biases(float_path)
-        if precision == "fp32":
-            compact_tensor_names(out)
-            return ExportResult(out, "fp32", notes)
-        recipe, label = _recipe(precision, calib, int8_io, quant.per_channel)
-        quantizer = require("ai_edge_quantizer.quantizer", "Quantizing TFLite models")
-        try:
-            with _quiet():
-                qt = quantizer.Quantizer(str(float_path))
-                qt.load_quantization_recipe(recipe)
-                moved = {source.handle.inputs[i].name: NCHW_TO_NHWC for i in moved_inputs}
-                if label == "int8" and not int8_io:
-                    rows = _calibration(str(float_path), source, calib, moved)
-                    notes.append(range_rule.choose(qt, rows, float_path, out, source.handle.path.name))
-                elif label == "int8":  # int8 inputs: the judging runs feed floats, so keep the default rule
-                    qt.quantize(qt.calibrate(_calibration(str(float_path), source, calib, moved))).export_model(
-                        str(out), overwrite=True)
-                else:
-                    qt.quantize(None).export_model(str(out), overwrite=True)
-        except Exception as exc:
-            raise conversion_failure("ai-edge-quantizer", source.handle.path, exc) from exc
+        flat_biases(raw)
+        flatbuffer = raw.read_bytes()
+    out.write_bytes(flatbuffer)
     compact_tensor_names(out)
-    return ExportResult(out, label, notes)
+    moved = {source.handle.inputs[i].name: NCHW_TO_NHWC for i in moved_inputs}
+    # The quantizer reads the flatbuffer as litert-torch wrote it: compacted names can repeat.
+    return FloatArtifact("torch->tflite", source, out, native=LiteRTFloat(flatbuffer, moved))
 
 
-def _is_torchscript(source: LoadedModel) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(source.native, torch.jit.ScriptModule)
+@dataclass(frozen=True)
+class LiteRTFloat:
+    """What ai-edge-quantizer reads from a litert-torch float artifact."""
 
-
-# One ONNX form per TorchScript source: the pipeline exports the baseline and the artifact.
-_ONNX_FORMS: weakref.WeakKeyDictionary[LoadedModel, LoadedModel] = weakref.WeakKeyDictionary()
-
-
-def _torchscript_via_onnx(source: LoadedModel, out: Path, **options: Any) -> ExportResult:
-    """litert-torch traces with torch.export, which cannot read a ScriptModule; torch.onnx's
-    TorchScript exporter can. The ONNX graph then takes the ONNX -> TFLite route, checked against
-    ONNX Runtime before conversion as every ONNX source is."""
-    from edgeopt.exporters import tflite_onnx
-    from edgeopt.exporters.onnx import cached_float_graph, torch_to_onnx
-    from edgeopt.frameworks.onnx import OnnxModel
-
-    onnx_form = _ONNX_FORMS.get(source)
-    if onnx_form is None:
-        onnx_form = OnnxModel(source.handle.path, cached_float_graph(source, torch_to_onnx), [], quantized=False,
-                              pinned=True)
-        _ONNX_FORMS[source] = onnx_form
-    result = tflite_onnx.export_onnx(onnx_form, out, **options)
-    result.notes.insert(0, f"TorchScript -> TFLite: '{source.handle.path.name}' went through ONNX (torch.onnx's "
-                           "TorchScript exporter), since litert-torch cannot export a ScriptModule.")
-    return result
+    flatbuffer: bytes  # as litert-torch wrote it
+    moved: dict[str, Axes]  # source inputs moved channels-last, with their permutation
 
 
 def compact_tensor_names(path: Path) -> None:
@@ -192,67 +143,8 @@ def _flat_outputs(source: LoadedModel) -> bool:
     return torch.is_tensor(raw) or (isinstance(raw, (list, tuple)) and all(torch.is_tensor(t) for t in raw))
 
 
-def _recipe(precision: str, calib: Subset | None, int8_io: bool, per_channel: bool = True) -> tuple[Any, str]:
-    manager_module = require("ai_edge_quantizer.recipe_manager", "Quantizing TFLite models")
-    qtyping = require("ai_edge_quantizer.qtyping", "Quantizing TFLite models")
-    algorithms = require("ai_edge_quantizer.algorithm_manager", "Quantizing TFLite models").AlgorithmName
-    ops = qtyping.TFLOperationName
-    manager = manager_module.RecipeManager()
-    if precision == "fp16":
-        manager.add_weight_only_config(".*", ops.ALL_SUPPORTED, num_bits=16, algorithm_key=algorithms.FLOAT_CASTING)
-        return manager.get_quantization_recipe(), "fp16"
-    if calib is None:
-        manager.add_dynamic_config(".*", ops.ALL_SUPPORTED, num_bits=8)
-        return manager.get_quantization_recipe(), "int8-dynamic"
-    granularity = qtyping.QuantGranularity.CHANNELWISE if per_channel else qtyping.QuantGranularity.TENSORWISE
-    manager.add_static_config(".*", ops.ALL_SUPPORTED, activation_num_bits=8, weight_num_bits=8,
-                              weight_granularity=granularity)
-    in_float = qtyping.OpQuantizationConfig(compute_precision=qtyping.ComputePrecision.FLOAT,
-                                            explicit_dequantize=False)
-    # Later entries win: ops that never run in int8 (exporters.tflite.FLOAT_ONLY_OPS), and unless
-    # int8_io, the graph inputs and outputs, with (de)quantize ops inside.
-    float_ops = [getattr(ops, name) for name in FLOAT_ONLY_OPS] + ([] if int8_io else [ops.INPUT, ops.OUTPUT])
-    for op in float_ops:
-        manager.add_quantization_config(".*", op, op_config=in_float, algorithm_key=algorithms.NO_QUANTIZE)
-    return manager.get_quantization_recipe(), "int8"
-
-
-def _calibration(model_path: str, source: LoadedModel, calib: Subset, moved: dict[str, Axes]) -> dict[str, _Rows]:
-    """Calibration rows keyed by the TFLite signature's input names (args_0, args_1, ... in order),
-    transposed by ``moved`` into the layout the float model takes."""
-    litert = require("ai_edge_litert.interpreter", "Reading TFLite models")
-    signatures = litert.Interpreter(model_path=model_path).get_signature_list()
-    key = next(iter(signatures))
-    names = signatures[key]["inputs"]
-    if len(names) != len(source.handle.inputs):
-        raise ConversionError(f"The TFLite model of '{source.handle.path}' takes {len(names)} inputs; the source "
-                              f"takes {len(source.handle.inputs)}.")
-    # litert-torch names inputs args_<i> in forward() order, which is the source's order.
-    ordered = sorted(names, key=lambda n: int(n.rsplit("_", 1)[-1]) if n.rsplit("_", 1)[-1].isdigit() else 0)
-    pairs = list(zip(ordered, source.handle.input_names))
-    return {key: _Rows(calib, pairs, moved)}
-
-
-class _Rows:
-    """Calibration rows renamed for the quantizer, streamed again on every pass: it walks the
-    data once to count work before walking it to calibrate."""
-
-    def __init__(self, calib: Subset, pairs: list[tuple[str, str]], moved: dict[str, Axes]) -> None:
-        self._calib = calib
-        self._pairs = pairs
-        self._moved = moved
-
-    def __len__(self) -> int:
-        return len(self._calib)
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        for row in self._calib:
-            yield {tfl: np.ascontiguousarray(np.transpose(row[name], self._moved[name])) if name in self._moved
-                   else row[name] for tfl, name in self._pairs}
-
-
 @contextlib.contextmanager
-def _quiet():
+def quiet():
     # Both tools print progress and size tables on stdout, C++ logs on stderr, and the quantizer
     # warns about its own calibration settings.
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), quiet_stderr(), \

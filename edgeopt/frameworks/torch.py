@@ -23,10 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from edgeopt.calibration import require_regular_file
 from edgeopt.deps import require
 from edgeopt.errors import InputRejected, UnsafeModel, UsageError
-from edgeopt.formats import ZIP_ERRORS, ZIP_MAGIC, check_zip
+from edgeopt.formats import ZIP_ERRORS, ZIP_MAGIC, check_zip, require_regular_file
 from edgeopt.frameworks.base import LoadedModel, guess_layout
 from edgeopt.model import Format, ModelHandle, TensorSpec
 

@@ -15,11 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeopt.model import TensorSpec
+from edgeopt.model import NCHW_TO_NHWC, NHWC_TO_NCHW, Axes, TensorSpec
 
-Axes = tuple[int, ...]
-NCHW_TO_NHWC: Axes = (0, 2, 3, 1)
-NHWC_TO_NCHW: Axes = (0, 3, 1, 2)
 _AXES = {("nchw", "nhwc"): NCHW_TO_NHWC, ("nhwc", "nchw"): NHWC_TO_NCHW}
 _LAYOUT_AFTER = {NCHW_TO_NHWC: "nhwc", NHWC_TO_NCHW: "nchw"}
 

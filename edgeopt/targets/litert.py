@@ -13,7 +13,7 @@ from edgeopt.errors import EnvironmentProblem, InputRejected
 from edgeopt.frameworks.base import guess_layout
 from edgeopt.model import TensorSpec
 from edgeopt.targets.base import Session, default_threads, opener  # noqa: F401
-from edgeopt.validate.remote_runner import dequantize, quantize
+from edgeopt.targets.remote_runner import dequantize, quantize
 
 
 

@@ -15,7 +15,6 @@ from edgeopt.frameworks.base import guess_layout
 from edgeopt.model import TensorSpec
 from edgeopt.names import match_inputs
 from edgeopt.targets.base import Session, default_threads, opener  # noqa: F401
-from edgeopt.validate.devices import gpu_providers
 
 
 
@@ -32,6 +31,15 @@ def _affinities(threads: int) -> str | None:
         return None
     return ";".join(str(cpu + 1) for cpu in cpus[1:threads])
 
+
+
+def gpu_providers() -> list[str]:
+    """onnxruntime's GPU execution providers installed here (none with the CPU build)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return []
+    return [p for p in onnxruntime.get_available_providers() if p in ("CUDAExecutionProvider", "TensorrtExecutionProvider")]
 
 class OrtSession(Session):
     def __init__(self, path: Path, *, threads: int, input_names: list[str] | None = None,

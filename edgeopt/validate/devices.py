@@ -41,17 +41,10 @@ def _redact(text: str) -> str:
     return re.sub(r"//([^:@/]+):[^@/]*@", r"//\1:***@", text)
 
 
-def gpu_providers() -> list[str]:
-    """onnxruntime's GPU execution providers installed here (none with the CPU build)."""
-    try:
-        import onnxruntime
-    except ImportError:
-        return []
-    return [p for p in onnxruntime.get_available_providers() if p in ("CUDAExecutionProvider", "TensorrtExecutionProvider")]
-
-
 def require_gpu(runtime: str) -> None:
     """Fail with exit 5 when ``runtime`` has no GPU path on this machine."""
+    from edgeopt.targets.onnxruntime import gpu_providers
+
     available = {"onnx": bool(gpu_providers()), "openvino": _openvino_has_gpu()}.get(runtime, False)
     if not available:
         how = {"onnx": 'install onnxruntime-gpu on a machine with an NVIDIA GPU and driver',

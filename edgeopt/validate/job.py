@@ -9,7 +9,6 @@ the same schema as compress's.
 
 from __future__ import annotations
 
-import importlib.util
 import resource
 import sys
 import time
@@ -25,8 +24,8 @@ from edgeopt.errors import EnvironmentProblem, InputRejected, UsageError
 from edgeopt.formats import SOURCE_FORMATS, detect_format
 from edgeopt.model import Format, TensorSpec
 from edgeopt.targets.base import Session
-from edgeopt.validate import fidelity as fid
 from edgeopt.validate.devices import parse_device, require_gpu
+from edgeopt.validate.evaluate import Metric, Reference
 from edgeopt.validate.latency import measure_interleaved
 
 RUNTIME_OF = {Format.TFLITE: "tflite", Format.ONNX: "onnx", Format.OPENVINO: "openvino"}
@@ -49,36 +48,6 @@ class ValidateConfig:
     ssh_known_hosts: Path | None = None
     seed: int = 0
     max_samples: int = 2000
-
-
-def load_metric(spec: str) -> Callable[[list[np.ndarray], np.ndarray | None], dict[str, float]]:
-    """``path/to/metric.py:fn`` -> fn(outputs, labels) returning named floats."""
-    file, _, name = spec.rpartition(":")
-    path = Path(file)
-    if not file or not name or path.suffix != ".py":
-        raise UsageError(f"--metric must be FILE.py:FUNCTION; got '{spec}'.")
-    if not path.is_file():
-        raise InputRejected(f"The metric file '{path}' does not exist.")
-    module_spec = importlib.util.spec_from_file_location(f"edgeopt_metric_{abs(hash(path.resolve()))}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    try:
-        module_spec.loader.exec_module(module)
-    except Exception as exc:  # the user's file may raise anything on import
-        raise InputRejected(f"Importing the metric file '{path}' raised {type(exc).__name__}: {exc}") from exc
-    fn = getattr(module, name, None)
-    if not callable(fn):
-        raise InputRejected(f"'{path}' defines no function '{name}'.")
-    return fn
-
-
-def _call_metric(fn, spec: str, outputs: list[np.ndarray], labels: np.ndarray | None) -> dict[str, float]:
-    try:
-        values = fn(outputs, labels)
-    except Exception as exc:
-        raise InputRejected(f"The metric '{spec}' raised {type(exc).__name__}: {exc}") from exc
-    if not isinstance(values, dict) or not all(isinstance(v, (int, float)) for v in values.values()):
-        raise InputRejected(f"The metric '{spec}' must return a dict of names to numbers; got {type(values).__name__}.")
-    return {str(k): float(v) for k, v in values.items()}
 
 
 class SourceSession(Session):
@@ -182,32 +151,31 @@ def validate(config: ValidateConfig, progress: Callable[[str], None] | None = No
         loads = {label: s.load_seconds for label, s in sessions.items()}
     ref_out = ref_session.run_many(val) if ref_session is not None else None
     ref_label = "reference" if ref_out is not None else next(iter(sessions))
-    if ref_out is None:
-        ref_out = outputs[ref_label]
-    labels = val.labels()
-    metric = load_metric(config.metric) if config.metric else None
+    reference = Reference(outputs[ref_label] if ref_out is None else ref_out, val, Metric("top1"))
+    custom = Metric(config.metric) if config.metric else None
     artifacts = []
     for label, session in sessions.items():
         path = next(p for p in config.artifacts if label in (p.name, str(p)))
+        quality = reference.judge(outputs[label])
         entry: dict[str, Any] = {
             "target": kinds[label], "device": device.public(), "path": str(path), "precision": _precision(session),
             "size_bytes": _size(path), "latency_ms": stats[label].to_dict(),
-            "load_seconds": round(loads[label], 4),
-            "fidelity": fid.fidelity(ref_out, outputs[label]),
+            "load_seconds": round(loads[label], 4), "fidelity": quality.fidelity,
             "input_layout": {t.name: t.layout for t in session.inputs},
         }
         if device.kind != "ssh":
             entry["peak_rss_mb"] = round(memory[label], 1)  # this process's; a device's is not measured
-        if labels is not None and fid.is_classifier(outputs[label][0]):
-            entry["accuracy"] = fid.accuracy(outputs[label][0], labels)
-        if metric is not None:
-            entry["metrics"] = _call_metric(metric, config.metric, outputs[label], labels)
+        if quality.accuracy is not None:
+            entry["accuracy"] = quality.accuracy
+        if custom is not None:
+            entry["metrics"] = custom(outputs[label], reference.labels) or {}
         if hasattr(session, "fallback_ops"):
             entry["cpu_fallback_ops"] = session.fallback_ops()
         artifacts.append(entry)
     ref_entry = {"path": str(config.reference or config.artifacts[0]), "compared_against": ref_label}
-    if labels is not None and fid.is_classifier(ref_out[0]):
-        ref_entry["accuracy"] = fid.accuracy(ref_out[0], labels)
+    if reference.accuracy is not None:
+        ref_entry["accuracy"] = reference.accuracy
+    labels = reference.labels
     notes = [f"{label}: latency spread is wide (p90 > 1.5 x p50); re-run on a quiet machine before trusting it."
              for label, st in stats.items() if st.unstable]
     return {"artifacts": artifacts, "reference": ref_entry, "labels": labels is not None, "notes": notes,

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from edgeopt.targets.base import Session
-from edgeopt.validate.remote_runner import UNSTABLE_SPREAD, interleave, latency_stats
+from edgeopt.targets.remote_runner import UNSTABLE_SPREAD, interleave, latency_stats
 
 __all__ = ["LatencyStats", "measure_interleaved", "UNSTABLE_SPREAD"]
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeopt.errors import EnvironmentProblem
-from edgeopt.validate import remote_runner
+from edgeopt.targets import remote_runner
 from edgeopt.validate.devices import Device
 
 CONNECT_TIMEOUT_S = 10

@@ -64,16 +64,14 @@ def judge(source, target: str, artifact: Path, val_path: Path, task: str) -> dic
     """Fidelity of ``artifact`` to the source on the validation samples: edgeopt's own evaluator."""
     from edgeopt import calibration as cal
     from edgeopt import registry
-    from edgeopt.pipeline import evaluate
-    from edgeopt.validate import fidelity as fid
+    from edgeopt.validate.evaluate import Metric, Reference
 
     subset, _ = cal.select(cal.open_data(val_path, source.handle.inputs, None, role="validation"),
                            samples=10_000, seed=0)
     session = registry.resolve("runtime", target)(artifact, input_names=source.handle.input_names,
                                                    source_inputs=source.handle.inputs,
                                                    source_outputs=source.handle.outputs)
-    ref, outs, _ = evaluate(source, {"peer": session}, subset)
-    found = fid.fidelity(ref, outs["peer"])
+    found = Reference.of_model(source, subset, Metric("top1")).measure(session).fidelity
     return {"top1_agreement": found.get("top1_agreement"), "cosine": found["cosine"]} if task == "classifier" \
         else {"cosine": found["cosine"]}
 

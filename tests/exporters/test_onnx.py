@@ -13,9 +13,9 @@ pytest.importorskip("onnxruntime")
 
 import tiny_models  # noqa: E402
 from edgeopt.errors import ConversionError  # noqa: E402
-from edgeopt.exporters import onnx as onnx_export  # noqa: E402
 from edgeopt.frameworks import onnx as onnx_loader  # noqa: E402
 from edgeopt.model import Format  # noqa: E402
+from edgeopt.passes.quantize import export  # noqa: E402
 
 FP32_ATOL = 1e-4  # max |artifact - source| for a float conversion
 INT8_MIN_COSINE = 0.98
@@ -71,7 +71,7 @@ def torch_source(torch_model):
 @pytest.mark.parametrize("name", sorted(tiny_models.INPUTS))
 def test_torch_fp32_matches_source(name, torch_source, tmp_path):
     source = torch_source(name)
-    result = onnx_export.export_torch(source, tmp_path / "m.onnx", precision="fp32")
+    result = export("torch->onnx", source, tmp_path / "m.onnx", precision="fp32")
     assert result.precision == "fp32" and result.path.is_file()
     model = onnx.load(str(result.path))
     assert [i.name for i in model.graph.input] == list(tiny_models.INPUTS[name])
@@ -84,7 +84,7 @@ def test_torch_fp32_matches_source(name, torch_source, tmp_path):
 def test_torch_int8_is_qdq_with_int8_weights(name, torch_source, nchw_calib, tmp_path):
     source = torch_source(name)
     calib = tiny_models.calib_subset(nchw_calib(name), source.handle.inputs)
-    result = onnx_export.export_torch(source, tmp_path / "m.onnx", precision="int8", calib=calib)
+    result = export("torch->onnx", source, tmp_path / "m.onnx", precision="int8", calib=calib)
     assert result.precision == "int8" and not result.float_fallback
     assert_qdq_int8(result.path)
     convs = [n for n in onnx.load(str(result.path)).graph.node if n.op_type == "Conv"]
@@ -101,7 +101,7 @@ def test_int8_bias_has_no_zero_point_and_still_fuses(torch_source, nchw_calib, t
 
     source = torch_source("residual")
     calib = tiny_models.calib_subset(nchw_calib("residual"), source.handle.inputs)
-    result = onnx_export.export_torch(source, tmp_path / "m.onnx", precision="int8", calib=calib)
+    result = export("torch->onnx", source, tmp_path / "m.onnx", precision="int8", calib=calib)
     model = onnx.load(str(result.path))
     initializers = {t.name: t for t in model.graph.initializer}
     bias_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in initializers
@@ -137,7 +137,7 @@ def test_torch_export_failure_is_a_conversion_error(tmp_path):
                     "        return torch.histc(x, bins=4)\n")  # no ONNX translation
     source = torch_loader.load(f"{code}:Net", Format.TORCH_MODULE, input_shapes={"x": (1, 4)})
     with pytest.raises(ConversionError, match="torch.onnx.export failed on") as info:
-        onnx_export.export_torch(source, tmp_path / "m.onnx", precision="fp32")
+        export("torch->onnx", source, tmp_path / "m.onnx", precision="fp32")
     assert info.value.exit_code == 4
     assert "histc" in info.value.message
     assert not (tmp_path / "m.onnx").exists()
@@ -158,7 +158,7 @@ def keras_source(saved_model):
 @pytest.mark.parametrize("name", ["two_input", "residual"])
 def test_keras_fp32_matches_source(name, keras_source, tmp_path):
     source = keras_source(name)
-    result = onnx_export.export_keras(source, tmp_path / "m.onnx", precision="fp32")
+    result = export("keras->onnx", source, tmp_path / "m.onnx", precision="fp32")
     model = onnx.load(str(result.path))
     assert [i.name for i in model.graph.input] == source.handle.input_names
     feed = tiny_models.random_feed(name, VAL, seed=7, layout="nhwc")
@@ -170,7 +170,7 @@ def test_keras_fp32_matches_source(name, keras_source, tmp_path):
 def test_keras_int8(keras_source, calib_file, tmp_path):
     source = keras_source("depthwise")
     calib = tiny_models.calib_subset(calib_file("depthwise"), source.handle.inputs)
-    result = onnx_export.export_keras(source, tmp_path / "m.onnx", precision="int8", calib=calib)
+    result = export("keras->onnx", source, tmp_path / "m.onnx", precision="int8", calib=calib)
     assert_qdq_int8(result.path)
     feed = tiny_models.random_feed("depthwise", VAL, seed=7, layout="nhwc")
     assert tiny_models.cosine(tiny_models.run_onnx(result.path, feed)[0], source.predict(feed)[0]) >= INT8_MIN_COSINE
@@ -187,7 +187,7 @@ def onnx_source(onnx_model):
 @pytest.mark.parametrize("name", sorted(tiny_models.INPUTS))
 def test_onnx_cleaned_fp32_is_unchanged_numerically(name, onnx_source, tmp_path):
     source = onnx_source(name)
-    result = onnx_export.export_onnx(source, tmp_path / "m.onnx", precision="fp32")
+    result = export("onnx->onnx", source, tmp_path / "m.onnx", precision="fp32")
     cleaned = onnx.load(str(result.path))
     assert [i.name for i in cleaned.graph.input] == list(tiny_models.INPUTS[name])
     feed = tiny_models.random_feed(name, VAL, seed=7)
@@ -195,7 +195,7 @@ def test_onnx_cleaned_fp32_is_unchanged_numerically(name, onnx_source, tmp_path)
 
 
 def test_onnx_cleaning_folds_batch_norm(onnx_source, tmp_path):
-    result = onnx_export.export_onnx(onnx_source("depthwise"), tmp_path / "m.onnx", precision="fp32")
+    result = export("onnx->onnx", onnx_source("depthwise"), tmp_path / "m.onnx", precision="fp32")
     ops = [n.op_type for n in onnx.load(str(result.path)).graph.node]
     assert "BatchNormalization" not in ops and ops.count("Conv") == 2
 
@@ -204,7 +204,7 @@ def test_onnx_cleaning_folds_batch_norm(onnx_source, tmp_path):
 def test_onnx_int8_static(name, onnx_source, nchw_calib, tmp_path):
     source = onnx_source(name)
     calib = tiny_models.calib_subset(nchw_calib(name), source.handle.inputs)
-    result = onnx_export.export_onnx(source, tmp_path / "m.onnx", precision="int8", calib=calib, int8_io=True)
+    result = export("onnx->onnx", source, tmp_path / "m.onnx", precision="int8", calib=calib, int8_io=True)
     assert result.precision == "int8"
     assert any("--int8-io applies to TFLite only" in n for n in result.notes)
     assert_qdq_int8(result.path)
@@ -214,7 +214,7 @@ def test_onnx_int8_static(name, onnx_source, nchw_calib, tmp_path):
 
 def test_onnx_fp16_keeps_float_io(onnx_source, tmp_path):
     source = onnx_source("residual")
-    result = onnx_export.export_onnx(source, tmp_path / "m.onnx", precision="fp16")
+    result = export("onnx->onnx", source, tmp_path / "m.onnx", precision="fp16")
     model = onnx.load(str(result.path))
     assert {t.data_type for t in model.graph.initializer if t.name.endswith(".w")} == {onnx.TensorProto.FLOAT16}
     assert set(io_types(result.path)) == {onnx.TensorProto.FLOAT}
@@ -224,7 +224,7 @@ def test_onnx_fp16_keeps_float_io(onnx_source, tmp_path):
 
 def test_onnx_int8_without_calibration_is_dynamic(onnx_source, tmp_path):
     source = onnx_source("residual")
-    result = onnx_export.export_onnx(source, tmp_path / "m.onnx", precision="int8")
+    result = export("onnx->onnx", source, tmp_path / "m.onnx", precision="int8")
     assert result.precision == "int8-dynamic"
     ops = {n.op_type for n in onnx.load(str(result.path)).graph.node}
     assert "DynamicQuantizeLinear" in ops and ops & {"ConvInteger", "MatMulInteger"}
@@ -235,9 +235,9 @@ def test_onnx_int8_without_calibration_is_dynamic(onnx_source, tmp_path):
 def test_already_quantized_source_is_copied_not_requantized(onnx_source, nchw_calib, tmp_path):
     source = onnx_source("residual")
     calib = tiny_models.calib_subset(nchw_calib("residual"), source.handle.inputs)
-    first = onnx_export.export_onnx(source, tmp_path / "q.onnx", precision="int8", calib=calib)
+    first = export("onnx->onnx", source, tmp_path / "q.onnx", precision="int8", calib=calib)
     quantized = onnx_loader.load(first.path, Format.ONNX)
-    again = onnx_export.export_onnx(quantized, tmp_path / "again.onnx", precision="int8", calib=calib)
+    again = export("onnx->onnx", quantized, tmp_path / "again.onnx", precision="int8", calib=calib)
     assert again.precision == "source-quantized"
     before = [(n.op_type, list(n.input)) for n in onnx.load(str(first.path)).graph.node]
     assert [(n.op_type, list(n.input)) for n in onnx.load(str(again.path)).graph.node] == before
@@ -246,7 +246,9 @@ def test_already_quantized_source_is_copied_not_requantized(onnx_source, nchw_ca
 
 def test_float_compute_nodes_are_reported(onnx_model):
     model = onnx.load(str(onnx_model("residual")))
-    assert onnx_export.float_compute_nodes(model) == ["Conv 'conv1'", "Conv 'conv2'", "Gemm 'logits'"]
+    from edgeopt.passes.quantize.onnx import float_compute_nodes
+
+    assert float_compute_nodes(model) == ["Conv 'conv1'", "Conv 'conv2'", "Gemm 'logits'"]
 
 
 def test_int8_to_a_relative_output_path(onnx_source, nchw_calib, tmp_path, monkeypatch):
@@ -255,6 +257,6 @@ def test_int8_to_a_relative_output_path(onnx_source, nchw_calib, tmp_path, monke
     calib = tiny_models.calib_subset(nchw_calib("residual"), source.handle.inputs)
     (tmp_path / "out").mkdir()
     monkeypatch.chdir(tmp_path)
-    result = onnx_export.export_onnx(source, Path("out") / "m.onnx", precision="int8", calib=calib)
+    result = export("onnx->onnx", source, Path("out") / "m.onnx", precision="int8", calib=calib)
     assert (tmp_path / "out" / "m.onnx").is_file() and result.path == tmp_path / "out" / "m.onnx"
     assert_qdq_int8(result.path)

@@ -16,9 +16,9 @@ with no_telemetry():  # importing OpenVINO or NNCF otherwise reports usage over 
 pytest.importorskip("onnx")
 
 import tiny_models  # noqa: E402
-from edgeopt.exporters import openvino as ov_export  # noqa: E402
 from edgeopt.frameworks import onnx as onnx_loader  # noqa: E402
 from edgeopt.model import Format  # noqa: E402
+from edgeopt.passes.quantize import export  # noqa: E402
 
 FP32_ATOL = 1e-4
 INT8_MIN_COSINE = 0.98
@@ -57,7 +57,7 @@ def onnx_source(onnx_model):
 @pytest.mark.parametrize("name", sorted(tiny_models.INPUTS))
 def test_onnx_fp32(name, onnx_source, tmp_path):
     source = onnx_source(name)
-    result = ov_export.export_onnx(source, tmp_path / "m.openvino", precision="fp32")
+    result = export("onnx->openvino", source, tmp_path / "m.openvino", precision="fp32")
     check_files(result, tmp_path)
     model = ov.Core().read_model(str(result.path))
     assert [tuple(p.get_partial_shape().to_shape()) for p in model.inputs] == \
@@ -72,7 +72,7 @@ def test_onnx_fp32(name, onnx_source, tmp_path):
 def test_onnx_int8_has_fake_quantize_and_int8_weights(name, onnx_source, nchw_calib, tmp_path):
     source = onnx_source(name)
     calib = tiny_models.calib_subset(nchw_calib(name), source.handle.inputs)
-    result = ov_export.export_onnx(source, tmp_path / "m.openvino", precision="int8", calib=calib)
+    result = export("onnx->openvino", source, tmp_path / "m.openvino", precision="int8", calib=calib)
     check_files(result, tmp_path)
     assert result.precision == "int8"
     ops, constants = ir_facts(result.path)
@@ -83,7 +83,7 @@ def test_onnx_int8_has_fake_quantize_and_int8_weights(name, onnx_source, nchw_ca
 
 def test_onnx_fp16_compresses_weights(onnx_source, tmp_path):
     source = onnx_source("residual")
-    result = ov_export.export_onnx(source, tmp_path / "m.openvino", precision="fp16")
+    result = export("onnx->openvino", source, tmp_path / "m.openvino", precision="fp16")
     _ops, constants = ir_facts(result.path)
     assert constants["f16"] >= 4
     feed = tiny_models.random_feed("residual", VAL, seed=7)
@@ -92,7 +92,7 @@ def test_onnx_fp16_compresses_weights(onnx_source, tmp_path):
 
 def test_int8_without_calibration_compresses_weights_only(onnx_source, tmp_path):
     source = onnx_source("residual")
-    result = ov_export.export_onnx(source, tmp_path / "m.openvino", precision="int8")
+    result = export("onnx->openvino", source, tmp_path / "m.openvino", precision="int8")
     assert result.precision == "int8-weights" and any("weights only" in n for n in result.notes)
     ops, constants = ir_facts(result.path)
     assert ops["FakeQuantize"] == 0 and constants["i8"] >= 3
@@ -101,13 +101,11 @@ def test_int8_without_calibration_compresses_weights_only(onnx_source, tmp_path)
 
 
 def test_quantized_onnx_source_is_not_quantized_again(onnx_source, nchw_calib, tmp_path):
-    from edgeopt.exporters import onnx as onnx_export
-
     source = onnx_source("residual")
     calib = tiny_models.calib_subset(nchw_calib("residual"), source.handle.inputs)
-    qdq = onnx_export.export_onnx(source, tmp_path / "qdq.onnx", precision="int8", calib=calib)
+    qdq = export("onnx->onnx", source, tmp_path / "qdq.onnx", precision="int8", calib=calib)
     (tmp_path / "ir").mkdir()
-    result = ov_export.export_onnx(onnx_loader.load(qdq.path, Format.ONNX), tmp_path / "ir" / "m.openvino",
+    result = export("onnx->openvino", onnx_loader.load(qdq.path, Format.ONNX), tmp_path / "ir" / "m.openvino",
                                    precision="int8", calib=calib)
     assert result.precision == "source-quantized"
     ops, _constants = ir_facts(result.path)
@@ -122,7 +120,7 @@ def test_torch_two_input(precision, torch_model, nchw_calib, tmp_path):
     spec, weights, _ = torch_model("two_input")
     source = torch_loader.load(spec, Format.TORCH_MODULE, weights=weights, calib=nchw_calib("two_input"))
     calib = tiny_models.calib_subset(nchw_calib("two_input"), source.handle.inputs)
-    result = ov_export.export_torch(source, tmp_path / "m.openvino", precision=precision, calib=calib)
+    result = export("torch->openvino", source, tmp_path / "m.openvino", precision=precision, calib=calib)
     check_files(result, tmp_path)
     model = ov.Core().read_model(str(result.path))
     assert [p.get_any_name() for p in model.inputs] == ["image", "meta"]
@@ -143,7 +141,7 @@ def test_keras_depthwise(precision, saved_model, calib_file, tmp_path):
 
     source = keras_loader.load(saved_model("depthwise"), Format.KERAS_H5)
     calib = tiny_models.calib_subset(calib_file("depthwise"), source.handle.inputs)
-    result = ov_export.export_keras(source, tmp_path / "m.openvino", precision=precision, calib=calib)
+    result = export("keras->openvino", source, tmp_path / "m.openvino", precision=precision, calib=calib)
     check_files(result, tmp_path)
     model = ov.Core().read_model(str(result.path))
     assert tuple(model.inputs[0].get_partial_shape().to_shape()) == (1, 16, 16, 3)  # NHWC, as in Keras

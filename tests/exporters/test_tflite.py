@@ -12,10 +12,10 @@ from conftest import (assert_full_integer, build_model, keras_predict, mean_cosi
                       random_inputs, run_tflite, tflite_ops)
 from edgeopt import calibration as cal  # noqa: E402
 from edgeopt.errors import ConversionError  # noqa: E402
-from edgeopt.exporters import tflite  # noqa: E402
 from edgeopt.formats import detect_format  # noqa: E402
 from edgeopt.frameworks import keras as kf  # noqa: E402
 from edgeopt.model import Format  # noqa: E402
+from edgeopt.passes.quantize import export  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def sources(saved_model, calib_file):
 @pytest.mark.parametrize("name", ["conv", "two_input"])
 def test_fp32_matches_keras_and_keeps_input_names(sources, tmp_path, name):
     loaded, _ = sources[name]
-    result = tflite.export_keras(loaded, tmp_path / "m.tflite", precision="fp32")
+    result = export("keras->tflite", loaded, tmp_path / "m.tflite", precision="fp32")
     assert result.precision == "fp32" and result.notes == [] and not result.float_fallback
     assert detect_format(result.path) is Format.TFLITE
 
@@ -50,7 +50,7 @@ def test_fp32_matches_keras_and_keeps_input_names(sources, tmp_path, name):
 @pytest.mark.slow
 def test_fp16_stores_half_weights(sources, tmp_path):
     loaded, _ = sources["conv"]
-    result = tflite.export_keras(loaded, tmp_path / "m.tflite", precision="fp16")
+    result = export("keras->tflite", loaded, tmp_path / "m.tflite", precision="fp16")
     assert result.precision == "fp16"
     ops = tflite_ops(result.path)
     dequantized = [op for op in ops if op[0] == "DEQUANTIZE"]
@@ -70,7 +70,7 @@ def test_int8_without_calibration_is_dynamic_range(tmp_path):
     outputs = keras.layers.Dense(3, name="narrow")(x)  # 192 weights
     loaded = kf.KerasModel(Path("wide.keras"), Format.KERAS_V3, keras.Model(inputs, outputs))
 
-    result = tflite.export_keras(loaded, tmp_path / "m.tflite", precision="int8")
+    result = export("keras->tflite", loaded, tmp_path / "m.tflite", precision="int8")
 
     assert result.precision == "int8-dynamic"
     wide, narrow = [op for op in tflite_ops(result.path) if op[0] == "FULLY_CONNECTED"]
@@ -86,7 +86,7 @@ def test_int8_without_calibration_is_dynamic_range(tmp_path):
 @pytest.mark.parametrize("name", ["conv", "two_input"])
 def test_int8_with_calibration_is_full_integer(sources, tmp_path, name):
     loaded, subset = sources[name]
-    result = tflite.export_keras(loaded, tmp_path / "m.tflite", precision="int8", calib=subset)
+    result = export("keras->tflite", loaded, tmp_path / "m.tflite", precision="int8", calib=subset)
     assert result.precision == "int8" and not result.float_fallback and result.notes == []
     assert_full_integer(result.path)
     feed = random_inputs(loaded.native, 1, seed=11)
@@ -96,7 +96,7 @@ def test_int8_with_calibration_is_full_integer(sources, tmp_path, name):
 @pytest.mark.slow
 def test_int8_io(sources, tmp_path):
     loaded, subset = sources["two_input"]
-    result = tflite.export_keras(loaded, tmp_path / "m.tflite", precision="int8", calib=subset, int8_io=True)
+    result = export("keras->tflite", loaded, tmp_path / "m.tflite", precision="int8", calib=subset, int8_io=True)
     interp = litert.Interpreter(model_path=str(result.path))
     assert [d["dtype"] for d in interp.get_input_details()] == [np.int8, np.int8]
     assert [d["dtype"] for d in interp.get_output_details()] == [np.int8]
@@ -108,7 +108,9 @@ def test_int8_io(sources, tmp_path):
 def test_ops_without_int8_kernel_fall_back_to_float(sources, tmp_path, monkeypatch):
     tf = pytest.importorskip("tensorflow")
     loaded, subset = sources["conv"]
-    real = tflite._convert
+    from edgeopt.passes.quantize import tflite as tflite_quant
+
+    real = tflite_quant.run_converter
     attempts = []
 
     def int8_only_fails(converter):
@@ -117,8 +119,8 @@ def test_ops_without_int8_kernel_fall_back_to_float(sources, tmp_path, monkeypat
             raise RuntimeError("'tfl.fancy' op is neither a custom op nor a flex op")
         return real(converter)
 
-    monkeypatch.setattr(tflite, "_convert", int8_only_fails)
-    result = tflite.export_keras(loaded, tmp_path / "m.tflite", precision="int8", calib=subset)
+    monkeypatch.setattr(tflite_quant, "run_converter", int8_only_fails)
+    result = export("keras->tflite", loaded, tmp_path / "m.tflite", precision="int8", calib=subset)
     assert len(attempts) == 2
     assert tf.lite.OpsSet.TFLITE_BUILTINS in attempts[1]
     assert result.float_fallback is True
@@ -141,7 +143,7 @@ def unsupported():
 @pytest.mark.slow
 def test_unsupported_op_is_named_in_a_conversion_error(unsupported, tmp_path):
     with pytest.raises(ConversionError) as info:
-        tflite.export_keras(unsupported, tmp_path / "m.tflite", precision="fp32")
+        export("keras->tflite", unsupported, tmp_path / "m.tflite", precision="fp32")
     assert "The TFLite converter failed on 'erfinv.keras'. Unsupported ops: tf.Erfinv." in info.value.message
     assert info.value.exit_code == 4
     assert not (tmp_path / "m.tflite").exists()
@@ -153,7 +155,7 @@ def test_unsupported_op_fails_int8_after_the_float_fallback(unsupported, tmp_pat
     np.savez(data, x=np.random.default_rng(0).uniform(-0.9, 0.9, (10, 4)).astype(np.float32))
     subset, _ = cal.select(cal.open_data(data, unsupported.handle.inputs), samples=10, seed=0)
     with pytest.raises(ConversionError, match="Unsupported ops: tf.Erfinv"):
-        tflite.export_keras(unsupported, tmp_path / "m.tflite", precision="int8", calib=subset)
+        export("keras->tflite", unsupported, tmp_path / "m.tflite", precision="int8", calib=subset)
     assert not (tmp_path / "m.tflite").exists()
 
 
@@ -179,7 +181,7 @@ def test_int8_div_stays_float_so_a_near_zero_divisor_still_runs(range_normalised
     data = tmp_path / "calib.npz"
     np.savez(data, x=np.concatenate([loud, quiet]))
     subset, _ = cal.select(cal.open_data(data, range_normalised.handle.inputs), samples=32, seed=0)
-    result = tflite.export_keras(range_normalised, tmp_path / "m.tflite", precision="int8", calib=subset)
+    result = export("keras->tflite", range_normalised, tmp_path / "m.tflite", precision="int8", calib=subset)
     divs = [inputs for name, inputs, _ in tflite_ops(result.path) if name == "DIV"]
     assert divs and all(dtype == np.float32 for inputs in divs for dtype in inputs)
     assert any("DIV kept in float" in n for n in result.notes)

@@ -23,6 +23,7 @@ import edgeopt  # noqa: E402
 import tiny_models  # noqa: E402
 from conftest import assert_full_integer, run_tflite  # noqa: E402
 from edgeopt.errors import ConversionError  # noqa: E402
+from edgeopt.passes.quantize import export  # noqa: E402
 
 pytestmark = pytest.mark.slow  # litert-torch takes seconds to import and convert
 
@@ -79,11 +80,10 @@ def test_int8_and_its_fp32_baseline(name, onnx_model, nchw_calib, tmp_path):
 
 @pytest.mark.parametrize("keep_layout", [False, True])
 def test_fp32_matches_onnxruntime_in_nhwc_or_kept_nchw(keep_layout, onnx_model, tmp_path):
-    from edgeopt.exporters.tflite_onnx import export_onnx
     from edgeopt.frameworks import onnx as onnx_loader
 
     source = onnx_loader.load(onnx_model("two_input"))
-    result = export_onnx(source, tmp_path / "m.tflite", precision="fp32", keep_layout=keep_layout)
+    result = export("onnx->tflite", source, tmp_path / "m.tflite", precision="fp32", keep_layout=keep_layout)
     assert result.precision == "fp32"
     assert ((1, 1, 8, 8) if keep_layout else (1, 8, 8, 1)) in _input_shapes(result.path)
     feed = tiny_models.random_feed("two_input", VAL, seed=7)

@@ -12,9 +12,9 @@ pytest.importorskip("ai_edge_quantizer")
 
 import tiny_models  # noqa: E402
 from conftest import assert_full_integer, run_tflite, tflite_ops  # noqa: E402
-from edgeopt.exporters import tflite_torch  # noqa: E402
 from edgeopt.formats import detect_format  # noqa: E402
 from edgeopt.model import Format  # noqa: E402
+from edgeopt.passes.quantize import export  # noqa: E402
 
 pytestmark = pytest.mark.slow  # litert-torch takes seconds to import and convert
 
@@ -49,7 +49,7 @@ def _by_position(path, feed):
 @pytest.mark.parametrize("keep_layout, shape", [(False, (1, 16, 16, 3)), (True, (1, 3, 16, 16))])
 def test_fp32_matches_source_in_nhwc_or_kept_nchw(keep_layout, shape, torch_model, tmp_path):
     source = _source(torch_model, "residual")
-    result = tflite_torch.export_torch(source, tmp_path / "m.tflite", precision="fp32", keep_layout=keep_layout)
+    result = export("torch->tflite", source, tmp_path / "m.tflite", precision="fp32", keep_layout=keep_layout)
     assert result.precision == "fp32" and detect_format(result.path) is Format.TFLITE
     from ai_edge_litert.interpreter import Interpreter
 
@@ -63,7 +63,7 @@ def test_fp32_matches_source_in_nhwc_or_kept_nchw(keep_layout, shape, torch_mode
 def test_int8_two_input_is_full_integer(int8_io, torch_model, nchw_calib, tmp_path):
     source = _source(torch_model, "two_input")
     calib = tiny_models.calib_subset(nchw_calib("two_input"), source.handle.inputs)
-    result = tflite_torch.export_torch(source, tmp_path / "m.tflite", precision="int8", calib=calib,
+    result = export("torch->tflite", source, tmp_path / "m.tflite", precision="int8", calib=calib,
                                        int8_io=int8_io)
     assert result.precision == "int8"
     assert_full_integer(result.path)
@@ -80,10 +80,10 @@ def test_int8_two_input_is_full_integer(int8_io, torch_model, nchw_calib, tmp_pa
 
 def test_fp16_and_dynamic(torch_model, tmp_path):
     source = _source(torch_model, "depthwise")
-    half = tflite_torch.export_torch(source, tmp_path / "h.tflite", precision="fp16")
+    half = export("torch->tflite", source, tmp_path / "h.tflite", precision="fp16")
     assert half.precision == "fp16"
     assert any(np.float16 in inputs for _name, inputs, _outs in tflite_ops(half.path))
-    dynamic = tflite_torch.export_torch(source, tmp_path / "d.tflite", precision="int8")
+    dynamic = export("torch->tflite", source, tmp_path / "d.tflite", precision="int8")
     assert dynamic.precision == "int8-dynamic"
     conv_weights = [inputs[1] for name, inputs, _outs in tflite_ops(dynamic.path) if name == "CONV_2D"]
     assert conv_weights and all(d == np.int8 for d in conv_weights)
@@ -100,7 +100,7 @@ def test_tensor_names_are_compacted_and_outputs_unchanged(torch_model, nchw_cali
 
     source = _source(torch_model, "residual")
     calib = tiny_models.calib_subset(nchw_calib("residual"), source.handle.inputs)
-    result = tflite_torch.export_torch(source, tmp_path / "m.tflite", precision="int8", calib=calib)
+    result = export("torch->tflite", source, tmp_path / "m.tflite", precision="int8", calib=calib)
     compacted = flatbuffer_utils.read_model(str(result.path))
     graph = compacted.subgraphs[0]
     names = [t.name.decode() for t in graph.tensors]
@@ -109,8 +109,10 @@ def test_tensor_names_are_compacted_and_outputs_unchanged(torch_model, nchw_cali
     assert any(n.startswith("Residual_wrapped/") for n in names), names
     # The same model with the long names put back runs to the same outputs and is larger.
     raw = tmp_path / "raw.tflite"
-    monkeypatch.setattr(tflite_torch, "compact_tensor_names", lambda path: None)
-    tflite_torch.export_torch(source, raw, precision="int8", calib=calib)
+    from edgeopt.passes.quantize import tflite_aeq
+
+    monkeypatch.setattr(tflite_aeq, "compact_tensor_names", lambda path: None)
+    export("torch->tflite", source, raw, precision="int8", calib=calib)
     long_names = [t.name.decode() for t in flatbuffer_utils.read_model(str(raw)).subgraphs[0].tensors]
     assert [long_names[i] for i in (*graph.inputs, *graph.outputs)] == [names[i] for i in (*graph.inputs, *graph.outputs)]
     assert raw.stat().st_size > result.path.stat().st_size
@@ -155,7 +157,7 @@ def test_transposed_conv_bias_quantizes_to_a_loadable_model(tmp_path):
     feed = {"x": np.random.default_rng(0).random((24, 3, 16, 16), dtype=np.float32)}
     np.savez(tmp_path / "calib.npz", **feed)
     calib = tiny_models.calib_subset(tmp_path / "calib.npz", source.handle.inputs, samples=24)
-    result = tflite_torch.export_torch(source, tmp_path / "up.tflite", precision="int8", calib=calib)
+    result = export("torch->tflite", source, tmp_path / "up.tflite", precision="int8", calib=calib)
     Interpreter(model_path=str(result.path)).allocate_tensors()  # raised before the fix
     model = flatbuffer_utils.read_model(str(result.path))
     graph = model.subgraphs[0]

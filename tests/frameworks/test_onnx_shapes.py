@@ -10,8 +10,8 @@ pytest.importorskip("onnxruntime")
 
 import tiny_models  # noqa: E402
 from edgeopt.errors import UsageError  # noqa: E402
-from edgeopt.exporters import onnx as onnx_export  # noqa: E402
 from edgeopt.frameworks import onnx as onnx_loader  # noqa: E402
+from edgeopt.passes.quantize import export  # noqa: E402
 
 
 def _free_sizes(tmp_path, opset: int | None = None):
@@ -64,7 +64,7 @@ def test_wrong_shapes_are_usage_errors_naming_the_input(tmp_path, shapes, words)
 def test_int8_of_an_old_opset_model_is_valid_onnx(tmp_path, opset, nchw_calib):
     source = onnx_loader.load(_free_sizes(tmp_path, opset), input_shapes={"image": (1, 3, 16, 16)})
     calib = tiny_models.calib_subset(nchw_calib("residual"), source.handle.inputs)
-    result = onnx_export.export_onnx(source, tmp_path / "q.onnx", precision="int8", calib=calib)
+    result = export("onnx->onnx", source, tmp_path / "q.onnx", precision="int8", calib=calib)
     model = onnx.load(str(result.path))
     onnx.checker.check_model(model)
     assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 13

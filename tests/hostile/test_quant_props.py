@@ -1,7 +1,7 @@
 """Properties of the quantization numerics.
 
 edgeopt computes one thing itself: the float <-> integer mapping at an int8 artifact's inputs and
-outputs (``quantize``/``dequantize`` in validate/remote_runner.py, used by the LiteRT session here
+outputs (``quantize``/``dequantize`` in targets/remote_runner.py, used by the LiteRT session here
 and by the remote runner on devices). Those are tested with hypothesis over dtypes, scales, zero
 points and values. Scales and zero points themselves come from the converters (TFLite, ONNX
 Runtime); what edgeopt ships is checked on real artifacts of a model with an all-zero and a
@@ -18,7 +18,7 @@ from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra import numpy as hnp  # noqa: E402
 
-from edgeopt.validate.remote_runner import dequantize, quantize  # noqa: E402
+from edgeopt.targets.remote_runner import dequantize, quantize  # noqa: E402
 
 DTYPES = [np.int8, np.uint8, np.int16]
 

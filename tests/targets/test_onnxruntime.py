@@ -14,11 +14,11 @@ pytest.importorskip("onnxruntime")
 
 import tiny_models  # noqa: E402
 from edgeopt.errors import InputRejected  # noqa: E402
-from edgeopt.exporters import onnx as onnx_export  # noqa: E402
 from edgeopt.frameworks import onnx as onnx_loader  # noqa: E402
 from edgeopt.model import Format  # noqa: E402
 from edgeopt.pipeline import op_summary  # noqa: E402
 from edgeopt.targets import onnxruntime as ort_target  # noqa: E402
+from edgeopt.passes.quantize import export  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def int8_residual(onnx_model, nchw_calib, tmp_path_factory):
     source = onnx_loader.load(onnx_model("residual"), Format.ONNX)
     calib = tiny_models.calib_subset(nchw_calib("residual"), source.handle.inputs)
     out = tmp_path_factory.mktemp("ort") / "residual_int8.onnx"
-    return onnx_export.export_onnx(source, out, precision="int8", calib=calib).path
+    return export("onnx->onnx", source, out, precision="int8", calib=calib).path
 
 
 def test_session_interface(onnx_model):

@@ -17,11 +17,11 @@ pytest.importorskip("onnx")
 
 import tiny_models  # noqa: E402
 from edgeopt.errors import InputRejected  # noqa: E402
-from edgeopt.exporters import openvino as ov_export  # noqa: E402
 from edgeopt.frameworks import onnx as onnx_loader  # noqa: E402
 from edgeopt.model import Format  # noqa: E402
 from edgeopt.pipeline import op_summary  # noqa: E402
 from edgeopt.targets import openvino as ov_target  # noqa: E402
+from edgeopt.passes.quantize import export  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def irs(onnx_model, nchw_calib, tmp_path_factory):
     source = onnx_loader.load(onnx_model("two_input"), Format.ONNX)
     calib = tiny_models.calib_subset(nchw_calib("two_input"), source.handle.inputs)
     root = tmp_path_factory.mktemp("ov")
-    return {p: ov_export.export_onnx(source, root / f"two_{p}.openvino", precision=p, calib=calib).path
+    return {p: export("onnx->openvino", source, root / f"two_{p}.openvino", precision=p, calib=calib).path
             for p in ("fp32", "int8")}
 
 

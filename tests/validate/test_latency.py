@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from edgeopt.targets.base import Session
-from edgeopt.validate import latency, remote_runner
+from edgeopt.targets import remote_runner
+from edgeopt.validate import latency
 
 
 class FakeClock:

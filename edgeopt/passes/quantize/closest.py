@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeopt.validate import fidelity as fid
+from edgeopt import fidelity as fid
 
 JUDGED_SAMPLES = 32
 

@@ -15,34 +15,18 @@ with ``nodes_to_exclude`` (``edgeopt.budget``).
 
 from __future__ import annotations
 
-import weakref
 from pathlib import Path
 from typing import Any
 
 from edgeopt.deps import require
-from edgeopt.exporters.base import ExportResult
-from edgeopt.frameworks.base import LoadedModel
+from edgeopt.exporters.base import ExportResult, FloatArtifact
+from edgeopt.passes.quantize.onnx import prepared_graph
 
-# The prepared float graph (serialized) each source's int8 model was quantized from.
-_PREPARED: weakref.WeakKeyDictionary[LoadedModel, bytes] = weakref.WeakKeyDictionary()
-
-
-def remember_prepared(source: LoadedModel, prepared: Any) -> None:
-    try:
-        _PREPARED[source] = prepared.SerializeToString()
-    except ValueError:  # over protobuf's 2 GB: no edits, the search quantizes instead
-        _PREPARED.pop(source, None)
-
-
-def prepared_graph(source: LoadedModel) -> bytes | None:
-    """The serialized float graph ``source``'s int8 model was quantized from, if known."""
-    return _PREPARED.get(source)
-
-
-def keep_in_float(source: LoadedModel, artifact: Path, names: tuple[str, ...], out: Path) -> ExportResult | None:
-    """``artifact`` with the nodes ``names`` in float, written to ``out``; None when the prepared
-    graph of ``source`` is not known (then the caller quantizes with nodes_to_exclude instead)."""
-    data = _PREPARED.get(source)
+def keep_in_float(floating: FloatArtifact, artifact: Path, names: tuple[str, ...], out: Path) -> ExportResult | None:
+    """``artifact`` (quantized from ``floating``) with the nodes ``names`` in float, written to
+    ``out``; None when its prepared graph is not known (then the caller quantizes with
+    nodes_to_exclude instead)."""
+    data = prepared_graph(floating)
     if data is None:
         return None
     onnx = require("onnx", "Editing ONNX models")

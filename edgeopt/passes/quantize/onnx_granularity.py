@@ -5,7 +5,7 @@ models onnxruntime's per-channel QDQ can lose more than its per-tensor default: 
 YOLOX-style detector the output cosine was 0.985 per channel against 0.994 per tensor, and on a
 trained mini-Xception 0.938 against 0.957 top-1 agreement. Both are written (the calibration is
 cached, so the second costs one more quantization, not another calibration), both run on a few
-calibration samples next to the float graph, and the closer one is kept (``exporters.closest``);
+calibration samples next to the float graph, and the closer one is kept (``closest``);
 a tie keeps per-channel.
 """
 
@@ -21,12 +21,12 @@ import numpy as np
 from edgeopt.calibration import Subset
 from edgeopt.deps import require
 from edgeopt.errors import ConversionError
-from edgeopt.exporters import closest
-from edgeopt.exporters.base import QuantSettings
+from edgeopt.passes.quantize import closest
+from edgeopt.passes.quantize.config import QuantConfig
 
 
-def choose(quantize: Callable[[Path, QuantSettings], Any], float_path: Path, out: Path, calib: Subset,
-           quant: QuantSettings, pairs: list[tuple[str, str]]) -> tuple[Any, str]:
+def choose(quantize: Callable[[Path, QuantConfig], Any], float_path: Path, out: Path, calib: Subset,
+           quant: QuantConfig, pairs: list[tuple[str, str]]) -> tuple[Any, str]:
     """``quantize(path, settings)`` both ways; the better model ends at ``out``. Returns it and a note."""
     tried = {}
     for label, settings in (("per-channel", quant), ("per-tensor", replace(quant, per_channel=False))):

@@ -5,7 +5,7 @@ past). That clips rare large activations: on a trained MobileNetV2 it cost 22 po
 agreement against global min/max ranges (0.63 against 0.85 on 160 ImageNet-style crops), the rule
 the TFLite converter and onnxruntime use. Yet on maps and regressions the tighter ranges can be
 the better ones. So both are computed (one more calibration pass), both models are written, and
-the one closer to the float model on calibration samples is kept (``exporters.closest``).
+the one closer to the float model on calibration samples is kept (``closest``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgeopt.deps import require
-from edgeopt.exporters import closest
+from edgeopt.passes.quantize import closest
 
 GLOBAL, MOVING = "global min/max", "moving-average min/max (ai-edge-quantizer's default)"
 

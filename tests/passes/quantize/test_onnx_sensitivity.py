@@ -10,10 +10,12 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 import tiny_models  # noqa: E402
-from edgeopt.exporters import onnx as onnx_export  # noqa: E402
-from edgeopt.exporters import onnx_sensitivity  # noqa: E402
+from edgeopt.passes.quantize import onnx_sensitivity  # noqa: E402
 from edgeopt.frameworks import onnx as onnx_loader  # noqa: E402
 from edgeopt.model import Format  # noqa: E402
+from edgeopt.exporters.base import FloatArtifact  # noqa: E402
+from edgeopt.passes.quantize import convert, quantize  # noqa: E402
+from edgeopt.passes.quantize.onnx import quantized_layers  # noqa: E402
 
 
 def test_the_reader_of_the_outliers_adds_the_most_error(tmp_path):
@@ -24,10 +26,11 @@ def test_the_reader_of_the_outliers_adds_the_most_error(tmp_path):
     size = tiny_models.OUTLIER_SIZE
     np.savez(tmp_path / "calib.npz", image=rng.random((48, 3, size, size), dtype=np.float32))
     calib = tiny_models.calib_subset(tmp_path / "calib.npz", source.handle.inputs)
-    plain = onnx_export.export_onnx(source, tmp_path / "int8.onnx", precision="int8", calib=calib)
-    layers = onnx_export.quantized_layers(source, artifact=plain.path)
+    floating = convert("onnx->onnx", source, tmp_path / "float.onnx")
+    plain = quantize(floating, tmp_path / "int8.onnx", precision="int8", calib=calib)
+    layers = quantized_layers(floating, plain.path)
     rows = [{"image": rng.random((1, 3, size, size), dtype=np.float32)} for _ in range(8)]
-    added = onnx_sensitivity.added_error(source, plain.path, layers, rows)
+    added = onnx_sensitivity.added_error(floating, plain.path, layers, rows)
     assert set(added) == {layer.name for layer in layers}
     ranked = sorted(added, key=added.get, reverse=True)
     assert ranked[0] == "conv3"  # conv2 writes the outlier channels; conv3 reads them quantized
@@ -35,8 +38,6 @@ def test_the_reader_of_the_outliers_adds_the_most_error(tmp_path):
     assert all(v >= 0 for v in added.values())
 
 
-def test_without_the_float_graph_there_is_no_ranking(tmp_path):
-    class Unknown:
-        pass
-
-    assert onnx_sensitivity.added_error(Unknown(), tmp_path / "none.onnx", [], []) is None
+def test_without_a_prepared_graph_there_is_no_ranking(tmp_path):
+    unknown = FloatArtifact("onnx->onnx", None, tmp_path / "float.onnx")  # never quantized
+    assert onnx_sensitivity.added_error(unknown, tmp_path / "none.onnx", [], []) is None

@@ -17,16 +17,18 @@ from typing import Any
 import numpy as np
 
 from edgeopt.deps import require
-from edgeopt.exporters import onnx_float_edit
-from edgeopt.exporters.base import Layer
+from edgeopt.exporters.base import FloatArtifact, Layer
 from edgeopt.frameworks.base import LoadedModel
 from edgeopt.names import match_inputs
+from edgeopt.passes.quantize.onnx import prepared_graph
 
 
-def added_error(source: LoadedModel, artifact: Path, layers: list[Layer], rows: list[dict[str, np.ndarray]]
+def added_error(floating: FloatArtifact, artifact: Path, layers: list[Layer], rows: list[dict[str, np.ndarray]]
                 ) -> dict[str, float] | None:
-    """Layer name -> the NSR it adds (0 or more); None when the float graph is not known."""
-    data = onnx_float_edit.prepared_graph(source)
+    """Layer name -> the NSR it adds (0 or more) in ``artifact``, quantized from ``floating``; None
+    when its prepared graph is not known."""
+    data = prepared_graph(floating)
+    source = floating.model
     if data is None:
         return None
     onnx = require("onnx", "Reading ONNX models")

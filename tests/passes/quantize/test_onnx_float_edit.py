@@ -12,11 +12,13 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 import tiny_models  # noqa: E402
-from edgeopt.exporters import onnx as onnx_export  # noqa: E402
-from edgeopt.exporters import onnx_float_edit  # noqa: E402
-from edgeopt.exporters.base import DEFAULT_QUANT  # noqa: E402
+from edgeopt.passes.quantize import onnx_float_edit  # noqa: E402
+from edgeopt.passes.quantize.config import DEFAULT_QUANT  # noqa: E402
 from edgeopt.frameworks import onnx as onnx_loader  # noqa: E402
 from edgeopt.model import Format  # noqa: E402
+from edgeopt.exporters.base import FloatArtifact  # noqa: E402
+from edgeopt.passes.quantize import convert, quantize  # noqa: E402
+from edgeopt.passes.quantize.onnx import quantized_layers  # noqa: E402
 
 
 def _reads_float_weights(path) -> dict[str, bool]:
@@ -39,12 +41,13 @@ def test_an_edit_equals_quantizing_with_the_layer_excluded(which, onnx_model, nc
     source = onnx_loader.load(onnx_model("residual"), Format.ONNX)
     calib = tiny_models.calib_subset(nchw_calib("residual"), source.handle.inputs)
     quant = replace(DEFAULT_QUANT, per_channel=False)  # one quantization each way, no granularity choice
-    plain = onnx_export.export_onnx(source, tmp_path / "plain.onnx", precision="int8", calib=calib, quant=quant)
+    floating = convert("onnx->onnx", source, tmp_path / "float.onnx")
+    plain = quantize(floating, tmp_path / "plain.onnx", precision="int8", calib=calib, quant=quant)
     convs = list(_reads_float_weights(plain.path))
     assert convs and not any(_reads_float_weights(plain.path).values())
     keep = (convs[0],) if which == "first conv" else (_writes_the_output(plain.path),)
-    edited = onnx_float_edit.keep_in_float(source, plain.path, keep, tmp_path / "edited.onnx")
-    excluded = onnx_export.export_onnx(source, tmp_path / "excluded.onnx", precision="int8", calib=calib,
+    edited = onnx_float_edit.keep_in_float(floating, plain.path, keep, tmp_path / "edited.onnx")
+    excluded = quantize(floating, tmp_path / "excluded.onnx", precision="int8", calib=calib,
                                        quant=replace(quant, keep_float=keep))
     assert _reads_float_weights(edited.path) == {name: name in keep for name in convs}
     # The quantizers on the way out go with the node that wrote them. nodes_to_exclude leaves the
@@ -68,11 +71,9 @@ def test_an_edit_equals_quantizing_with_the_layer_excluded(which, onnx_model, nc
     assert all(o in read for n in model.graph.node if "QuantizeLinear" in n.op_type for o in n.output)
 
 
-def test_without_a_remembered_graph_there_is_no_edit(tmp_path):
-    class Unknown:
-        pass
-
-    assert onnx_float_edit.keep_in_float(Unknown(), tmp_path / "none.onnx", ("x",), tmp_path / "out.onnx") is None
+def test_without_a_prepared_graph_there_is_no_edit(tmp_path):
+    unknown = FloatArtifact("onnx->onnx", None, tmp_path / "float.onnx")  # never quantized
+    assert onnx_float_edit.keep_in_float(unknown, tmp_path / "none.onnx", ("x",), tmp_path / "out.onnx") is None
 
 
 def test_activations_the_quantizer_removed_come_back_with_their_reader(tmp_path):
@@ -96,11 +97,12 @@ def test_activations_the_quantizer_removed_come_back_with_their_reader(tmp_path)
     data = tmp_path / "calib.npz"
     np.savez(data, image=rng.uniform(-1, 1, (16, 3, 8, 8)).astype(np.float32))
     calib = tiny_models.calib_subset(data, source.handle.inputs)
-    plain = onnx_export.export_onnx(source, tmp_path / "plain.onnx", precision="int8", calib=calib,
+    floating = convert("onnx->onnx", source, tmp_path / "float.onnx")
+    plain = quantize(floating, tmp_path / "plain.onnx", precision="int8", calib=calib,
                                     quant=replace(DEFAULT_QUANT, per_channel=False))
     if "relu6" in {n.name for n in onnx.load(str(plain.path)).graph.node}:
         pytest.skip("this onnxruntime keeps the Clip after a quantized Conv")
-    edited = onnx_float_edit.keep_in_float(source, plain.path, ("conv1", "conv2"), tmp_path / "edited.onnx")
+    edited = onnx_float_edit.keep_in_float(floating, plain.path, ("conv1", "conv2"), tmp_path / "edited.onnx")
     feed = {"image": rng.uniform(-1, 1, (4, 3, 8, 8)).astype(np.float32)}
     got = tiny_models.run_onnx(edited.path, feed)[0]
     np.testing.assert_allclose(got, source.predict(feed)[0], atol=1e-4)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from edgeopt.validate import fidelity as fid
+from edgeopt import fidelity as fid
 
 
 def test_identical_outputs():

@@ -1,0 +1,58 @@
+"""What a quantize pass takes besides the float artifact and the data: ``QuantConfig``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgeopt.errors import UsageError
+
+CALIBRATION_METHODS = ("auto", "minmax", "percentile", "entropy", "mse")  # auto: each backend's own default
+DEFAULT_PERCENTILE = 99.999  # onnxruntime's own default for its Percentile calibrator
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How an int8 artifact is calibrated, and which layers stay in float.
+
+    Every quantize pass takes this one object (``quant=``); the pipeline refuses a method a backend
+    cannot do before any work starts, so a pass never substitutes another one. ``keep_float``
+    holds layer names exactly as the float artifact names them and the backend's exclusion
+    mechanism takes them (ONNX node names, TFLite op output tensor names, OpenVINO friendly names):
+    fixed at conversion, they stay the same for every quantization of that artifact.
+    """
+
+    method: str = "auto"
+    percentile: float = DEFAULT_PERCENTILE
+    per_channel: bool = True
+    keep_float: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        method = {"percentile": f"percentile {self.percentile:g}", "auto": "the backend's default"}.get(self.method,
+                                                                                                    self.method)
+        return f"{method}, {'per-channel' if self.per_channel else 'per-tensor'} weights"
+
+
+DEFAULT_QUANT = QuantConfig()
+
+
+def check_quant(exporter_key: str, quant: QuantConfig, *, keep_float: bool = False) -> str:
+    """The mechanism that does ``quant.method`` on this path, or a UsageError naming target and
+    method; with ``keep_float``, also the refusal of a path that cannot keep layers in float."""
+    from edgeopt.registry import export_path
+
+    target = exporter_key.split("->")[-1]
+    path = export_path(exporter_key)
+    methods = path.calibration if path else {}
+    if quant.method not in methods:
+        raise UsageError(
+            f"The {target} target ({exporter_key}) cannot calibrate with method '{quant.method}'; "
+            f"its quantizer offers: {', '.join(methods) or 'none'}.",
+            hint=f"Pick one of those for --calib-method (or calibration.method in the recipe), or drop "
+                 f"'{target}' from the targets. edgeopt never swaps in another method silently.")
+    if keep_float and (path is None or path.keep_float is None):
+        raise UsageError(
+            f"The {target} target ({exporter_key}) cannot keep chosen layers in float, which per-layer "
+            "overrides and --max-accuracy-drop/--max-fidelity-drop need.",
+            hint="Drop the overrides and accuracy/fidelity budgets for this target, or export to onnx/openvino "
+                 "(or tflite from a Keras model).")
+    return methods[quant.method]

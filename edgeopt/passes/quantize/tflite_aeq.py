@@ -1,0 +1,120 @@
+"""fp16, dynamic-range and full-integer int8 TFLite models from a float flatbuffer, by
+ai-edge-quantizer: the quantize pass of the PyTorch and ONNX sources (``exporters.tflite_torch``).
+
+fp16 casts weights; int8 with calibration data quantizes weights and activations (inputs and
+outputs stay float unless int8 I/O is asked for), its activation ranges chosen by measurement
+(``tflite_ranges``); int8 without data quantizes weights and lets the runtime quantize
+activations on the fly.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeopt.calibration import Subset
+from edgeopt.deps import require
+from edgeopt.errors import ConversionError
+from edgeopt.exporters.base import ExportResult, FloatArtifact, conversion_failure
+from edgeopt.exporters.tflite_torch import LiteRTFloat, compact_tensor_names, quiet
+from edgeopt.frameworks.base import LoadedModel
+from edgeopt.passes.quantize import tflite_ranges as range_rule
+from edgeopt.passes.quantize.config import DEFAULT_QUANT, QuantConfig, check_quant
+from edgeopt.passes.quantize.tflite import FLOAT_ONLY_OPS
+from edgeopt.model import Axes
+
+
+def quantize(artifact: FloatArtifact, out: Path, *, precision: str, calib: Subset | None = None,
+             int8_io: bool = False, quant: QuantConfig = DEFAULT_QUANT) -> ExportResult:
+    source = artifact.model
+    native: LiteRTFloat = artifact.native
+    if precision == "int8" and calib is not None:
+        # ai-edge-quantizer calibrates with min/max only; layers in float are not offered here.
+        check_quant(artifact.key, quant, keep_float=bool(quant.keep_float))
+    notes: list[str] = []
+    recipe, label = _recipe(precision, calib, int8_io, quant.per_channel)
+    quantizer = require("ai_edge_quantizer.quantizer", "Quantizing TFLite models")
+    with tempfile.TemporaryDirectory(prefix=".edgeopt-tflite-", dir=out.parent) as tmp:
+        float_path = Path(tmp) / "float.tflite"
+        float_path.write_bytes(native.flatbuffer)
+        try:
+            with quiet():
+                qt = quantizer.Quantizer(str(float_path))
+                qt.load_quantization_recipe(recipe)
+                if label == "int8" and not int8_io:
+                    rows = _calibration(str(float_path), source, calib, native.moved)
+                    notes.append(range_rule.choose(qt, rows, float_path, out, source.handle.path.name))
+                elif label == "int8":  # int8 inputs: the judging runs feed floats, so keep the default rule
+                    qt.quantize(qt.calibrate(_calibration(str(float_path), source, calib, native.moved))).export_model(
+                        str(out), overwrite=True)
+                else:
+                    qt.quantize(None).export_model(str(out), overwrite=True)
+        except Exception as exc:
+            raise conversion_failure("ai-edge-quantizer", source.handle.path, exc) from exc
+    compact_tensor_names(out)
+    return ExportResult(out, label, notes)
+
+
+def _recipe(precision: str, calib: Subset | None, int8_io: bool, per_channel: bool = True) -> tuple[Any, str]:
+    manager_module = require("ai_edge_quantizer.recipe_manager", "Quantizing TFLite models")
+    qtyping = require("ai_edge_quantizer.qtyping", "Quantizing TFLite models")
+    algorithms = require("ai_edge_quantizer.algorithm_manager", "Quantizing TFLite models").AlgorithmName
+    ops = qtyping.TFLOperationName
+    manager = manager_module.RecipeManager()
+    if precision == "fp16":
+        manager.add_weight_only_config(".*", ops.ALL_SUPPORTED, num_bits=16, algorithm_key=algorithms.FLOAT_CASTING)
+        return manager.get_quantization_recipe(), "fp16"
+    if calib is None:
+        manager.add_dynamic_config(".*", ops.ALL_SUPPORTED, num_bits=8)
+        return manager.get_quantization_recipe(), "int8-dynamic"
+    granularity = qtyping.QuantGranularity.CHANNELWISE if per_channel else qtyping.QuantGranularity.TENSORWISE
+    manager.add_static_config(".*", ops.ALL_SUPPORTED, activation_num_bits=8, weight_num_bits=8,
+                              weight_granularity=granularity)
+    in_float = qtyping.OpQuantizationConfig(compute_precision=qtyping.ComputePrecision.FLOAT,
+                                            explicit_dequantize=False)
+    # Later entries win: ops that never run in int8 (passes.quantize.tflite.FLOAT_ONLY_OPS), and unless
+    # int8_io, the graph inputs and outputs, with (de)quantize ops inside.
+    float_ops = [getattr(ops, name) for name in FLOAT_ONLY_OPS] + ([] if int8_io else [ops.INPUT, ops.OUTPUT])
+    for op in float_ops:
+        manager.add_quantization_config(".*", op, op_config=in_float, algorithm_key=algorithms.NO_QUANTIZE)
+    return manager.get_quantization_recipe(), "int8"
+
+
+def _calibration(model_path: str, source: LoadedModel, calib: Subset, moved: dict[str, Axes]) -> dict[str, _Rows]:
+    """Calibration rows keyed by the TFLite signature's input names (args_0, args_1, ... in order),
+    transposed by ``moved`` into the layout the float model takes."""
+    litert = require("ai_edge_litert.interpreter", "Reading TFLite models")
+    signatures = litert.Interpreter(model_path=model_path).get_signature_list()
+    key = next(iter(signatures))
+    names = signatures[key]["inputs"]
+    if len(names) != len(source.handle.inputs):
+        raise ConversionError(f"The TFLite model of '{source.handle.path}' takes {len(names)} inputs; the source "
+                              f"takes {len(source.handle.inputs)}.")
+    # litert-torch names inputs args_<i> in forward() order, which is the source's order.
+    ordered = sorted(names, key=lambda n: int(n.rsplit("_", 1)[-1]) if n.rsplit("_", 1)[-1].isdigit() else 0)
+    pairs = list(zip(ordered, source.handle.input_names))
+    return {key: _Rows(calib, pairs, moved)}
+
+
+class _Rows:
+    """Calibration rows renamed for the quantizer, streamed again on every pass: it walks the
+    data once to count work before walking it to calibrate."""
+
+    def __init__(self, calib: Subset, pairs: list[tuple[str, str]], moved: dict[str, Axes]) -> None:
+        self._calib = calib
+        self._pairs = pairs
+        self._moved = moved
+
+    def __len__(self) -> int:
+        return len(self._calib)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for row in self._calib:
+            yield {tfl: np.ascontiguousarray(np.transpose(row[name], self._moved[name])) if name in self._moved
+                   else row[name] for tfl, name in self._pairs}
+
+
