@@ -25,7 +25,7 @@ from edgeopt.frameworks.base import LoadedModel
 from edgeopt.model import Format, TensorSpec
 from edgeopt.outputs import OutputStage, check_output_dir
 from edgeopt.passes.base import PassContext
-from edgeopt.targets.base import open_own_artifact
+from edgeopt.targets.base import op_summary, open_own_artifact
 from edgeopt.report import build_report, render_markdown, write_json
 from edgeopt.report_html import render_html
 from edgeopt.validate.evaluate import Metric, Quality, Reference
@@ -194,10 +194,10 @@ def _quantizing(config: recipe.CompressConfig, floating: FloatArtifact, calib: c
 
 
 def _fix_sizes_for_tflite(config: recipe.CompressConfig, source: LoadedModel, data: cal.Subset | None,
-                          notes: list[str]) -> LoadedModel:
+                          notes: list[str], targets: tuple[str, ...] | None = None) -> LoadedModel:
     """An ONNX source with free sizes past the batch axis, bound for TFLite (which has fixed sizes
     only), takes the sizes of its data unless --input-shape chose them."""
-    if source.handle.format is not Format.ONNX or "tflite" not in config.targets or data is None:
+    if source.handle.format is not Format.ONNX or "tflite" not in (targets or config.targets) or data is None:
         return source
     free = [t for t in source.handle.inputs if any(d is None for d in t.shape[1:])]
     if not free:
@@ -412,12 +412,13 @@ def list_layers(config: recipe.CompressConfig, targets: tuple[str, ...] | None =
     say("Checking calibration data")
     images = image_options(config)
     calib, _held_back = open_calibration(config, source.handle.inputs, images)
-    # No _fix_sizes_for_tflite: it changes ONNX sources bound for TFLite, which keeps no layer of them in float.
-    model, _stages = run_passes(config, source, calib, images, notes, say)
     framework = source.handle.framework
+    chosen = targets or tuple(listable_targets(framework, quant_settings(config), notes))
+    source = _fix_sizes_for_tflite(config, source, calib, notes, chosen)
+    model, _stages = run_passes(config, source, calib, images, notes, say)
     found: dict[str, list[Layer]] = {}
     with tempfile.TemporaryDirectory(prefix="edgeopt-layers-") as scratch:
-        for target in targets or listable_targets(framework, quant_settings(config), notes):
+        for target in chosen:
             artifact = Path(scratch) / f"{_stem(config, source)}_int8.{ARTIFACT_SUFFIX.get(target, target)}"
             found[target] = _target_layers(config, f"{framework}->{target}", model, calib, artifact, say)
     return Listing(found, notes)
@@ -509,7 +510,7 @@ def _measure(target, source: LoadedModel, variants: dict, reference: Reference |
         "size_bytes": _size(result), "gzip_size_bytes": gzip_size(result.path, *result.extra_files),
         "io_dtypes": {t.name: t.dtype for t in sessions["artifact"].inputs},
         "input_layout": {t.name: t.layout for t in sessions["artifact"].inputs},
-        "ops": op_summary(sessions["artifact"]), "float_fallback": result.float_fallback,
+        "ops": op_summary(sessions["artifact"].ops()), "float_fallback": result.float_fallback,
     }
     if not config.validation.enabled:
         return entry, None
@@ -569,24 +570,3 @@ def gzip_size(path: Path, *more: Path) -> int:
 def _size(exported) -> int:
     """Bytes of an artifact with the files that travel with it (an OpenVINO .bin)."""
     return sum(p.stat().st_size for p in (exported.path, *exported.extra_files))
-
-
-# Ops that only convert between float and int8 at the edges of integer regions, per runtime.
-QUANTIZE_OPS = {"QUANTIZE", "DEQUANTIZE", "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
-                "FakeQuantize"}
-
-
-def op_summary(session) -> dict[str, Any]:
-    """Op counts, and which compute ops run in float: the evidence for 'full integer'."""
-    if not hasattr(session, "ops"):
-        return {}
-    counts: dict[str, int] = {}
-    float_ops: list[str] = []
-    for op in session.ops():
-        counts[op["op"]] = counts.get(op["op"], 0) + 1
-        if op["op"] in QUANTIZE_OPS:
-            continue
-        if any(d.startswith("float") for d in op["inputs"][:1] + op["outputs"]):
-            float_ops.append(op["op"])
-    return {"counts": dict(sorted(counts.items())), "float_ops": sorted(set(float_ops)),
-            "full_integer": not float_ops}

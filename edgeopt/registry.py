@@ -93,7 +93,8 @@ LOADERS: tuple[Loader, ...] = (
     Loader("torch_pickle", "edgeopt.frameworks.torch:load", (TORCH,)),
 )
 
-_TFLITE_KEEP = "TFLite QuantizationDebugger, QuantizationDebugOptions(denylisted_nodes=...)"
+_TFLITE_KEEP = ("TFLite converter: the model calibrated once, then mlir_quantize(denylisted_nodes=...), as its "
+                "QuantizationDebugger does")
 _AEQ_CALIB = {"auto": "ai-edge-quantizer static recipe, min_max_uniform_quant, with activation ranges from global "
                       "min/max or its moving average, whichever is closer to the float model on calibration samples "
                       "(edgeopt.passes.quantize.tflite_ranges)",
@@ -111,8 +112,12 @@ _NNCF_CALIB = {"auto": "NNCF nncf.quantize defaults: activation ranges from the 
                              "(StatisticsType.QUANTILE, AggregatorType.MEAN)",
                "mse": _NNCF_ + "HISTOGRAM (ranges minimising the L2 quantization error)"}
 _NNCF_KEEP = "NNCF nncf.quantize(ignored_scope=nncf.IgnoredScope(names=...))"
-_ORT_QUANTIZE, _NNCF_QUANTIZE, _AEQ_QUANTIZE = (f"edgeopt.passes.quantize.{m}:quantize" for m in ("onnx", "openvino", "tflite_aeq"))
-_ORT_LAYERS, _NNCF_LAYERS = "edgeopt.passes.quantize.onnx:quantized_layers", "edgeopt.passes.quantize.openvino:quantized_layers"
+_ORT_QUANTIZE, _NNCF_QUANTIZE, _AEQ_QUANTIZE = (f"edgeopt.passes.quantize.{m}:quantize"
+                                                for m in ("onnx", "openvino", "tflite_aeq"))
+_ORT_LAYERS, _NNCF_LAYERS = ("edgeopt.passes.quantize.onnx:quantized_layers",
+                             "edgeopt.passes.quantize.openvino:quantized_layers")
+_AEQ_KEEP = "ai-edge-quantizer recipe, NO_QUANTIZE entries for the ops' output tensor names"
+_AEQ_LAYERS = "edgeopt.passes.quantize.tflite_aeq:quantized_layers"
 _ORT_EDIT = "edgeopt.passes.quantize.onnx_float_edit:keep_in_float"
 _ORT_SENSITIVITY = "edgeopt.passes.quantize.onnx_sensitivity:added_error"
 # No OpenVINO edit: NNCF moves a FakeQuantize up through reshapes and pools, where other ops share
@@ -120,16 +125,15 @@ _ORT_SENSITIVITY = "edgeopt.passes.quantize.onnx_sensitivity:added_error"
 # off where ignored_scope brought it to 0.07.
 
 EXPORTS: tuple[ExportPath, ...] = (
-    ExportPath("keras->tflite", "edgeopt.exporters.tflite:convert_keras", "edgeopt.passes.quantize.tflite:quantize", (TF,),
+    ExportPath("keras->tflite", "edgeopt.exporters.tflite:convert_keras", "edgeopt.passes.quantize.tflite:quantize",
+               (TF,),
                calibration={"auto": "TFLite converter representative_dataset (min/max ranges, its only method)",
                             "minmax": "TFLite converter representative_dataset (min/max ranges)"},
                keep_float=_TFLITE_KEEP, layers="edgeopt.passes.quantize.tflite:keras_layers"),
-    # No keep_float/layers: edgeopt offers no layers in float through ai-edge-quantizer, so these two
-    # paths refuse overrides and budgets before any work.
     ExportPath("torch->tflite", "edgeopt.exporters.tflite_onnx:convert_torch", _AEQ_QUANTIZE, (LITERT_TORCH, AEQ),
-               calibration=_AEQ_CALIB),
-    ExportPath("onnx->tflite", "edgeopt.exporters.tflite_onnx:convert_onnx", _AEQ_QUANTIZE, (ONNX, ORT, TORCH, LITERT_TORCH, AEQ),
-               calibration=_AEQ_CALIB),
+               calibration=_AEQ_CALIB, keep_float=_AEQ_KEEP, layers=_AEQ_LAYERS),
+    ExportPath("onnx->tflite", "edgeopt.exporters.tflite_onnx:convert_onnx", _AEQ_QUANTIZE,
+               (ONNX, ORT, TORCH, LITERT_TORCH, AEQ), calibration=_AEQ_CALIB, keep_float=_AEQ_KEEP, layers=_AEQ_LAYERS),
     ExportPath("keras->onnx", "edgeopt.exporters.onnx:convert_keras", _ORT_QUANTIZE, (TF2ONNX, ORT),
                calibration=_ORT_CALIB, keep_float=_ORT_KEEP, layers=_ORT_LAYERS,
                float_edit=_ORT_EDIT, sensitivity=_ORT_SENSITIVITY),

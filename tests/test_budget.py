@@ -150,9 +150,34 @@ def test_tflite_budget_search_denylists_the_outlier_pair(outlier, tmp_path):
     assert result.exit_code == 0, result.output
     (artifact,) = json.loads((out / "report.json").read_text())["artifacts"]
     q = _check_search(artifact, OUTLIER_PAIR)
-    assert "QuantizationDebugger" in q["keep_float_mechanism"] and "denylisted_nodes" in q["keep_float_mechanism"]
+    assert "mlir_quantize" in q["keep_float_mechanism"] and "denylisted_nodes" in q["keep_float_mechanism"]
     convs = [(inputs[0], inputs[1]) for op, inputs, _ in tflite_ops(out / "outlier_int8.tflite") if op == "CONV_2D"]
     assert [str(a) for a, _ in convs] == ["float32" if i in (2, 3) else "int8" for i in range(10)]
+
+
+@pytest.mark.slow
+def test_tflite_budget_search_from_onnx_keeps_the_outlier_pair_in_float(outlier, tmp_path):
+    pytest.importorskip("litert_torch")
+    pytest.importorskip("ai_edge_quantizer")
+    from conftest import tflite_ops
+
+    out = tmp_path / "out"
+    result = _cli("compress", outlier / "outlier.onnx", "--target", "tflite", "--calib", outlier / "calib_nchw.npz",
+                  "--val", outlier / "val_nchw.npz", "-o", out, *FAST, "--max-fidelity-drop", "1")
+    assert result.exit_code == 0, result.output
+    (artifact,) = json.loads((out / "report.json").read_text())["artifacts"]
+    # ai-edge-quantizer leaves an op in float with float inputs, dequantizing what it reads: like
+    # onnxruntime's nodes_to_exclude, conv3 needs the writer of the outliers, conv2, in float too.
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(out / "outlier_int8.tflite"))
+    names = {t["index"]: t["name"] for t in interp.get_tensor_details()}
+    written = [names[op["outputs"][0]] for op in interp._get_ops_details() if op["op_name"] == "CONV_2D"]
+    q = _check_search(artifact, artifact["quantization"]["keep_float"])
+    assert sorted(q["keep_float"]) == sorted(written[2:4])  # what conv2 and conv3 write, in graph order
+    assert "NO_QUANTIZE" in q["keep_float_mechanism"]
+    ops = [(inputs[0], inputs[1]) for op, inputs, _ in tflite_ops(out / "outlier_int8.tflite") if op == "CONV_2D"]
+    assert [str(a) for a, _ in ops] == ["float32" if i in (2, 3) else "int8" for i in range(10)]
 
 
 @pytest.mark.slow
@@ -223,6 +248,13 @@ def test_budgets_on_a_path_without_float_layers_are_refused_before_any_work(tmp_
     monkeypatch.setattr(pipeline, "load_source", lambda *a, **k: pytest.fail("the model was loaded"))
     calib = tmp_path / "c.npz"
     np.savez(calib, image=np.zeros((2, 3, 8, 8), np.float32))
+    # A path whose backend cannot keep layers in float (its record has no keep_float) is refused.
+    from dataclasses import replace
+
+    from edgeopt import registry
+
+    record = registry.export_path("torch->tflite")
+    monkeypatch.setitem(registry._EXPORTS, record.key, replace(record, keep_float=None, layers=None))
     result = _cli("compress", "nets.py:build", "--target", "tflite", "--calib", calib, "--max-fidelity-drop", "1",
                   "-o", tmp_path / "out")
     assert result.exit_code == 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 import tiny_models
+from conftest import tflite_ops
 
 _SCRIPT = Path(sys.executable).with_name("edgeopt")
 EDGEOPT = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "edgeopt.cli"]
@@ -79,16 +81,27 @@ def test_onnx_model_lists_its_nodes_and_keep_float_takes_a_printed_name(outlier,
     assert [(r.layer, r.op) for r in rows if r.target == "onnx"] == [(name, "Conv") for name in CONVS]
     if any(r.target == "openvino" for r in rows):
         assert [r.layer for r in rows if r.target == "openvino"] == [f"{name}/WithoutBiases" for name in CONVS]
-    assert {r.target for r in rows} <= {"onnx", "openvino"}
+    tflite = [r.layer for r in rows if r.target == "tflite"]
+    if tflite:
+        assert [r.op for r in rows if r.target == "tflite"] == ["CONV_2D"] * len(CONVS)
+    assert {r.target for r in rows} <= {"onnx", "openvino", "tflite"}
+    if tflite:  # a printed TFLite name keeps that op, and only it, in float
+        proc = edgeopt("compress", "outlier.onnx", "--target", "tflite", "--calib", "calib_nchw.npz", "--no-validate",
+                       "--keep-float", f"^{re.escape(tflite[4])}$", "-o", out / "tflite", cwd=outlier)
+        assert proc.returncode == 0, proc.stderr
+        (artifact,) = json.loads((out / "tflite" / "report.json").read_text())["artifacts"]
+        assert artifact["quantization"]["keep_float"] == [tflite[4]]
+        convs = [inputs[0] for op, inputs, _ in tflite_ops(out / "tflite" / "outlier_int8.tflite") if op == "CONV_2D"]
+        assert [str(d) for d in convs] == ["float32" if i == 4 else "int8" for i in range(len(CONVS))]
 
     proc = edgeopt("compress", "outlier.onnx", "--target", "onnx", "--calib", "calib_nchw.npz", "--no-validate",
-                   "--keep-float", "conv4", "-o", out, cwd=outlier)
+                   "--keep-float", "conv4", "-o", out / "onnx", cwd=outlier)
     assert proc.returncode == 0, proc.stderr
-    (artifact,) = json.loads((out / "report.json").read_text())["artifacts"]
+    (artifact,) = json.loads((out / "onnx" / "report.json").read_text())["artifacts"]
     assert artifact["quantization"]["keep_float"] == ["conv4"]
     assert artifact["quantization"]["layers"] == len(CONVS)
     # Independently of edgeopt: conv4 alone reads float weights, every other conv dequantized int8 ones.
-    model = onnx.load(str(out / "outlier_int8.onnx"))
+    model = onnx.load(str(out / "onnx" / "outlier_int8.onnx"))
     produced_by = {o: n.op_type for n in model.graph.node for o in n.output}
     int8_weights = {n.name: produced_by.get(n.input[1]) == "DequantizeLinear" for n in model.graph.node
                     if n.op_type == "Conv"}
@@ -142,12 +155,12 @@ def _not_int8(root: Path) -> tuple[list, int, str]:
     return ["outlier.onnx", "--calib", "calib_nchw.npz", "--precision", "fp16"], 2, "precision is fp16"
 
 
-def _target_without_float_layers(root: Path) -> tuple[list, int, str]:
-    return (["outlier.onnx", "--calib", "calib_nchw.npz", "--target", "tflite"], 2,
-            "tflite target (onnx->tflite) cannot keep chosen layers in float")
+def _method_the_target_lacks(root: Path) -> tuple[list, int, str]:
+    return (["outlier.onnx", "--calib", "calib_nchw.npz", "--target", "tflite", "--calib-method", "entropy"], 2,
+            "tflite target (onnx->tflite) cannot calibrate with method 'entropy'")
 
 
-@pytest.mark.parametrize("case", [_missing, _not_a_model, _no_calibration, _not_int8, _target_without_float_layers])
+@pytest.mark.parametrize("case", [_missing, _not_a_model, _no_calibration, _not_int8, _method_the_target_lacks])
 def test_bad_input_is_refused_as_compress_refuses_it_and_writes_nothing(outlier, tmp_path, case):
     args, code, phrase = case(outlier)
     out = tmp_path / "out"

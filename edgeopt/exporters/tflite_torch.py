@@ -49,11 +49,10 @@ def convert_module(source: LoadedModel, out: Path, *, keep_layout: bool = False,
         except Exception as exc:
             raise conversion_failure("litert_torch.convert", source.handle.path, exc) from exc
         flat_biases(raw)
+        compact_tensor_names(raw)
         flatbuffer = raw.read_bytes()
     out.write_bytes(flatbuffer)
-    compact_tensor_names(out)
     moved = {source.handle.inputs[i].name: NCHW_TO_NHWC for i in moved_inputs}
-    # The quantizer reads the flatbuffer as litert-torch wrote it: compacted names can repeat.
     return FloatArtifact("torch->tflite", source, out, native=LiteRTFloat(flatbuffer, moved))
 
 
@@ -61,7 +60,9 @@ def convert_module(source: LoadedModel, out: Path, *, keep_layout: bool = False,
 class LiteRTFloat:
     """What ai-edge-quantizer reads from a litert-torch float artifact."""
 
-    flatbuffer: bytes  # as litert-torch wrote it
+    # As litert-torch wrote it, tensor names compacted: every int8 artifact keeps these names, which
+    # are the layer names --keep-float and the budget search give ai-edge-quantizer's recipe.
+    flatbuffer: bytes
     moved: dict[str, Axes]  # source inputs moved channels-last, with their permutation
 
 
@@ -72,15 +73,24 @@ def compact_tensor_names(path: Path) -> None:
     layout wrapper, the import name of the user's file, joined with ';'. On a MobileNetV2 that is
     up to 1.4 KB per tensor and 4% of the int8 file. Each name becomes its first scope with bare
     class names ("MobileNetV2_wrapped/Sequential_features/InvertedResidual_17/.../ReLU6_2"), which
-    still says where the tensor comes from. Input and output names, which callers use, stay.
+    still says where the tensor comes from. Names stay unique ("..._2" where two would meet), since
+    ai-edge-quantizer keys ranges by tensor name and its recipe picks ops by them. Input and output
+    names, which callers use, stay.
     """
     flatbuffers = require("ai_edge_litert.tools.flatbuffer_utils", "Writing TFLite models")
     model = flatbuffers.read_model(str(path))
     for graph in model.subgraphs:
         ends = {*graph.inputs, *graph.outputs}
+        taken = {graph.tensors[i].name.decode("utf-8", "replace") for i in ends}
         for index, tensor in enumerate(graph.tensors):
             if index not in ends and tensor.name:
-                tensor.name = _compact_name(tensor.name.decode("utf-8", "replace")).encode()
+                name = base = _compact_name(tensor.name.decode("utf-8", "replace"))
+                count = 1
+                while name in taken:
+                    count += 1
+                    name = f"{base}_{count}"
+                taken.add(name)
+                tensor.name = name.encode()
     flatbuffers.write_model(model, str(path))
 
 

@@ -140,6 +140,15 @@ class Session(ABC):
     def run_raw(self) -> None:
         """One inference on the inputs last set by :meth:`prepare`; what latency timing calls."""
 
+    def ops(self) -> list[dict]:
+        """Each op the runtime executes, ``{"op", "inputs": [dtype], "outputs": [dtype]}``; none
+        where the runtime does not say (a source model in its own framework)."""
+        return []
+
+    def fallback_ops(self) -> dict[str, int]:
+        """Op types that ran on the CPU although a GPU was asked for, with counts."""
+        return {}
+
     def run_many(self, rows) -> list[np.ndarray]:
         """Run sample by sample (edge runtimes are built for batch 1) and stack the outputs."""
         per_output: list[list[np.ndarray]] = []
@@ -190,3 +199,47 @@ def open_own_artifact(target: str, path: Path, source, *, threads: int | None = 
             f"The {target} artifact edgeopt wrote for '{handle.path}' does not load in its runtime: {exc.message}",
             hint="This is a fault in edgeopt's conversion, not in the model you gave. Run again with --debug "
                  "and report the output; another --target or --precision may work meanwhile.") from exc
+
+
+# Ops that only convert between float and int8 at the edges of integer regions, per runtime.
+QUANTIZE_OPS = {"QUANTIZE", "DEQUANTIZE", "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
+                "FakeQuantize"}
+_INTEGER = ("int8", "uint8", "int16")
+
+
+def op_summary(ops: list[dict]) -> dict:
+    """Op counts, and which compute ops run in float: the evidence for 'full integer'."""
+    if not ops:
+        return {}
+    counts: dict[str, int] = {}
+    float_ops: list[str] = []
+    for op in ops:
+        counts[op["op"]] = counts.get(op["op"], 0) + 1
+        if op["op"] in QUANTIZE_OPS:
+            continue
+        if any(d.startswith("float") for d in op["inputs"][:1] + op["outputs"]):
+            float_ops.append(op["op"])
+    return {"counts": dict(sorted(counts.items())), "float_ops": sorted(set(float_ops)),
+            "full_integer": not float_ops}
+
+
+def precision_of(ops: list[dict]) -> str:
+    """An artifact's precision read from its ops, as compress labels it: int8 where activations are
+    quantized, int8-dynamic where only weights are (activations quantized at run time), fp16
+    where float16 tensors remain, else fp32; "unknown" without ops to read."""
+    if not ops:
+        return "unknown"
+    names = {op["op"] for op in ops}
+    if "DynamicQuantizeLinear" in names:
+        return "int8-dynamic"
+    compute = [op for op in ops if op["op"] not in QUANTIZE_OPS]
+    # A (de)quantize op of float16 weights (TFLite fp16) is no int8; one that writes or reads int8 is.
+    edges = {d for op in ops if op["op"] in QUANTIZE_OPS for d in op["inputs"] + op["outputs"]}
+    activations = {d for op in compute for d in op["inputs"][:1] + op["outputs"]}
+    if (edges | activations) & set(_INTEGER):
+        return "int8"
+    if any(d in _INTEGER for op in compute for d in op["inputs"][1:]):
+        return "int8-dynamic"
+    if any(d == "float16" for op in ops for d in op["inputs"] + op["outputs"]):
+        return "fp16"
+    return "fp32"

@@ -23,7 +23,7 @@ from edgeopt import registry
 from edgeopt.errors import EnvironmentProblem, InputRejected, UsageError
 from edgeopt.formats import SOURCE_FORMATS, detect_format
 from edgeopt.model import Format, TensorSpec
-from edgeopt.targets.base import Session
+from edgeopt.targets.base import Session, precision_of
 from edgeopt.validate.devices import parse_device, require_gpu
 from edgeopt.validate.evaluate import Metric, Reference
 from edgeopt.validate.latency import measure_interleaved
@@ -169,7 +169,7 @@ def validate(config: ValidateConfig, progress: Callable[[str], None] | None = No
             entry["accuracy"] = quality.accuracy
         if custom is not None:
             entry["metrics"] = custom(outputs[label], reference.labels) or {}
-        if hasattr(session, "fallback_ops"):
+        if kinds[label] in RUNTIME_OF.values():
             entry["cpu_fallback_ops"] = session.fallback_ops()
         artifacts.append(entry)
     ref_entry = {"path": str(config.reference or config.artifacts[0]), "compared_against": ref_label}
@@ -209,8 +209,8 @@ def _on_remote(config: ValidateConfig, device, sessions: dict[str, Session], kin
 
 
 def _precision(session: Session) -> str:
-    summary = getattr(session, "precision", None)
-    return summary() if callable(summary) else "unknown"
+    """The artifact's precision as its runtime runs it, read from its ops."""
+    return precision_of(session.ops())
 
 
 def _size(path: Path) -> int:

@@ -48,3 +48,17 @@ def test_outputs_pair_with_the_source_by_name(two_maps, first):
     for spec, value in zip(wanted, outputs):
         np.testing.assert_allclose(value, factors[spec.name] * x, rtol=1e-6)
     assert [t.name for t in session.outputs] == [t.name for t in wanted]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_precision_is_read_from_the_ops(precision, saved_model, calib_file, tmp_path):
+    """What `edgeopt validate` reports for a TFLite file, and gate pairs artifacts by."""
+    from edgeopt.pipeline import load_source
+    from edgeopt.passes.quantize import export
+    from edgeopt.targets.base import precision_of
+    import tiny_models
+
+    source, _ = load_source(saved_model("conv"), trust=False)
+    calib = tiny_models.calib_subset(calib_file("conv"), source.handle.inputs) if precision == "int8" else None
+    path = export("keras->tflite", source, tmp_path / "m.tflite", precision=precision, calib=calib).path
+    assert precision_of(litert.open_session(path).ops()) == precision

@@ -16,7 +16,7 @@ import tiny_models  # noqa: E402
 from edgeopt.errors import InputRejected  # noqa: E402
 from edgeopt.frameworks import onnx as onnx_loader  # noqa: E402
 from edgeopt.model import Format  # noqa: E402
-from edgeopt.pipeline import op_summary  # noqa: E402
+from edgeopt.targets.base import op_summary, precision_of  # noqa: E402
 from edgeopt.targets import onnxruntime as ort_target  # noqa: E402
 from edgeopt.passes.quantize import export  # noqa: E402
 
@@ -70,13 +70,22 @@ def test_int8_ops_are_the_fused_integer_kernels(int8_residual):
     names = [op["op"] for op in ops]
     assert names.count("QLinearConv") == 2 and "Conv" not in names
     assert all(op["inputs"] == ["uint8"] for op in ops if op["op"].startswith("QLinear"))
-    summary = op_summary(session)
+    summary = op_summary(session.ops())
     assert summary["full_integer"], summary
+    assert precision_of(ops) == "int8"  # what `edgeopt validate` reports, and gate pairs by
 
 
 def test_float_model_ops_are_float(onnx_model):
-    summary = op_summary(ort_target.open_session(onnx_model("residual"), threads=1))
+    ops = ort_target.open_session(onnx_model("residual"), threads=1).ops()
+    summary = op_summary(ops)
     assert not summary["full_integer"] and "Conv" in summary["float_ops"]
+    assert precision_of(ops) == "fp32"
+
+
+def test_dynamic_int8_reads_as_dynamic(onnx_model, tmp_path):
+    source = onnx_loader.load(onnx_model("residual"), Format.ONNX)
+    dynamic = export("onnx->onnx", source, tmp_path / "d.onnx", precision="int8").path
+    assert precision_of(ort_target.open_session(dynamic, threads=1).ops()) == "int8-dynamic"
 
 
 def test_unreadable_file_is_rejected(tmp_path):

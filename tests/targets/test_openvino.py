@@ -19,7 +19,7 @@ import tiny_models  # noqa: E402
 from edgeopt.errors import InputRejected  # noqa: E402
 from edgeopt.frameworks import onnx as onnx_loader  # noqa: E402
 from edgeopt.model import Format  # noqa: E402
-from edgeopt.pipeline import op_summary  # noqa: E402
+from edgeopt.targets.base import op_summary, precision_of  # noqa: E402
 from edgeopt.targets import openvino as ov_target  # noqa: E402
 from edgeopt.passes.quantize import export  # noqa: E402
 
@@ -63,9 +63,10 @@ def test_int8_layers_compute_in_8_bit(irs):
     ops = session.ops()
     convolutions = [op for op in ops if op["op"] == "Convolution"]
     assert convolutions and all(op["inputs"][0] in ("uint8", "int8") for op in convolutions), ops
-    float_summary = op_summary(ov_target.open_session(irs["fp32"], threads=1))
+    float_summary = op_summary(ov_target.open_session(irs["fp32"], threads=1).ops())
     assert "Convolution" in float_summary["float_ops"]
-    assert "Convolution" not in op_summary(session)["float_ops"]
+    assert "Convolution" not in op_summary(session.ops())["float_ops"]
+    assert precision_of(ops) == "int8" and precision_of(ov_target.open_session(irs["fp32"]).ops()) == "fp32"
 
 
 def test_missing_bin_is_rejected(irs, tmp_path):

@@ -53,6 +53,6 @@ def check_quant(exporter_key: str, quant: QuantConfig, *, keep_float: bool = Fal
         raise UsageError(
             f"The {target} target ({exporter_key}) cannot keep chosen layers in float, which per-layer "
             "overrides and --max-accuracy-drop/--max-fidelity-drop need.",
-            hint="Drop the overrides and accuracy/fidelity budgets for this target, or export to onnx/openvino "
-                 "(or tflite from a Keras model).")
+            hint="Drop the overrides and accuracy/fidelity budgets for this target, or pick a target that can "
+                 "(edgeopt doctor lists the paths).")
     return methods[quant.method]

@@ -3,12 +3,14 @@ ai-edge-quantizer: the quantize pass of the PyTorch and ONNX sources (``exporter
 
 fp16 casts weights; int8 with calibration data quantizes weights and activations (inputs and
 outputs stay float unless int8 I/O is asked for), its activation ranges chosen by measurement
-(``tflite_ranges``); int8 without data quantizes weights and lets the runtime quantize
-activations on the fly.
+(``tflite_ranges``), once per float artifact; layers kept in float are NO_QUANTIZE entries of the
+recipe, picked by their output tensor names, and reuse those ranges. int8 without data quantizes
+weights and lets the runtime quantize activations on the fly.
 """
 
 from __future__ import annotations
 
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +21,9 @@ import numpy as np
 from edgeopt.calibration import Subset
 from edgeopt.deps import require
 from edgeopt.errors import ConversionError
-from edgeopt.exporters.base import ExportResult, FloatArtifact, conversion_failure
-from edgeopt.exporters.tflite_torch import LiteRTFloat, compact_tensor_names, quiet
+from edgeopt.exporters.base import ExportResult, FloatArtifact, Layer, conversion_failure, layer_label, \
+    source_layer_names
+from edgeopt.exporters.tflite_torch import LiteRTFloat, quiet
 from edgeopt.frameworks.base import LoadedModel
 from edgeopt.passes.quantize import tflite_ranges as range_rule
 from edgeopt.passes.quantize.config import DEFAULT_QUANT, QuantConfig, check_quant
@@ -33,33 +36,72 @@ def quantize(artifact: FloatArtifact, out: Path, *, precision: str, calib: Subse
     source = artifact.model
     native: LiteRTFloat = artifact.native
     if precision == "int8" and calib is not None:
-        # ai-edge-quantizer calibrates with min/max only; layers in float are not offered here.
         check_quant(artifact.key, quant, keep_float=bool(quant.keep_float))
     notes: list[str] = []
-    recipe, label = _recipe(precision, calib, int8_io, quant.per_channel)
     quantizer = require("ai_edge_quantizer.quantizer", "Quantizing TFLite models")
     with tempfile.TemporaryDirectory(prefix=".edgeopt-tflite-", dir=out.parent) as tmp:
         float_path = Path(tmp) / "float.tflite"
         float_path.write_bytes(native.flatbuffer)
         try:
             with quiet():
+                recipe, label = _recipe(precision, calib, int8_io, quant.per_channel, quant.keep_float)
                 qt = quantizer.Quantizer(str(float_path))
                 qt.load_quantization_recipe(recipe)
-                if label == "int8" and not int8_io:
-                    rows = _calibration(str(float_path), source, calib, native.moved)
-                    notes.append(range_rule.choose(qt, rows, float_path, out, source.handle.path.name))
-                elif label == "int8":  # int8 inputs: the judging runs feed floats, so keep the default rule
-                    qt.quantize(qt.calibrate(_calibration(str(float_path), source, calib, native.moved))).export_model(
-                        str(out), overwrite=True)
-                else:
+                if label != "int8":
                     qt.quantize(None).export_model(str(out), overwrite=True)
+                else:
+                    rows = _calibration(str(float_path), source, calib, native.moved)
+                    ranges = _ranges(artifact, quantizer, float_path, calib, rows, int8_io, quant.per_channel)
+                    rule_key = ("range rule", id(calib))
+                    if int8_io:  # int8 inputs: the judging runs feed floats, so keep the default rule
+                        qt.quantize(ranges[range_rule.MOVING]).export_model(str(out), overwrite=True)
+                    elif quant.keep_float and rule_key in artifact.memo:
+                        qt.quantize(ranges[artifact.memo[rule_key]]).export_model(str(out), overwrite=True)
+                    else:
+                        artifact.memo[rule_key], note = range_rule.choose(qt, ranges, rows, float_path, out,
+                                                                          source.handle.path.name)
+                        notes.append(note)
         except Exception as exc:
             raise conversion_failure("ai-edge-quantizer", source.handle.path, exc) from exc
-    compact_tensor_names(out)
-    return ExportResult(out, label, notes)
+    if quant.keep_float:
+        notes.append(f"Kept in float in '{out.name}' (ai-edge-quantizer NO_QUANTIZE recipe entries): "
+                     f"{', '.join(quant.keep_float)}.")
+    return ExportResult(out, label, notes, float_fallback=bool(quant.keep_float))
 
 
-def _recipe(precision: str, calib: Subset | None, int8_io: bool, per_channel: bool = True) -> tuple[Any, str]:
+def _ranges(artifact: FloatArtifact, quantizer: Any, float_path: Path, calib: Subset, rows: dict[str, Any],
+            int8_io: bool, per_channel: bool) -> dict[str, Any]:
+    """The activation ranges of ``calib`` under each rule, once per float artifact: calibrated with
+    every op quantized, so that they serve any set of layers kept in float."""
+    key = ("ranges", id(calib), int8_io)
+    if key not in artifact.memo:
+        qt = quantizer.Quantizer(str(float_path))
+        qt.load_quantization_recipe(_recipe("int8", calib, int8_io, per_channel)[0])
+        artifact.memo[key] = {range_rule.MOVING: qt.calibrate(rows)} if int8_io else range_rule.calibrate(qt, rows)
+    return artifact.memo[key]
+
+
+def quantized_layers(floating: FloatArtifact, artifact: Path, *, calib: Subset | None = None,
+                     quant: QuantConfig = DEFAULT_QUANT) -> list[Layer]:
+    """The ops ai-edge-quantizer quantized, named by their first output tensor, as the float
+    artifact names it and the NO_QUANTIZE recipe entries pick it."""
+    litert = require("ai_edge_litert.interpreter", "Reading TFLite models")
+    interp = litert.Interpreter(model_path=str(artifact),
+                                experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    names = source_layer_names(floating.model)
+    layers = []
+    for op in interp._get_ops_details():
+        if not op["outputs"] or op["op_name"] in ("QUANTIZE", "DEQUANTIZE"):
+            continue
+        written = tensors[op["outputs"][0]]
+        if np.dtype(written["dtype"]) in (np.int8, np.int16):
+            layers.append(Layer(name=written["name"], op=op["op_name"], label=layer_label([written["name"]], names)))
+    return layers
+
+
+def _recipe(precision: str, calib: Subset | None, int8_io: bool, per_channel: bool = True,
+            keep_float: tuple[str, ...] = ()) -> tuple[Any, str]:
     manager_module = require("ai_edge_quantizer.recipe_manager", "Quantizing TFLite models")
     qtyping = require("ai_edge_quantizer.qtyping", "Quantizing TFLite models")
     algorithms = require("ai_edge_quantizer.algorithm_manager", "Quantizing TFLite models").AlgorithmName
@@ -76,11 +118,15 @@ def _recipe(precision: str, calib: Subset | None, int8_io: bool, per_channel: bo
                               weight_granularity=granularity)
     in_float = qtyping.OpQuantizationConfig(compute_precision=qtyping.ComputePrecision.FLOAT,
                                             explicit_dequantize=False)
-    # Later entries win: ops that never run in int8 (passes.quantize.tflite.FLOAT_ONLY_OPS), and unless
-    # int8_io, the graph inputs and outputs, with (de)quantize ops inside.
+    # Later entries win: ops that never run in int8 (passes.quantize.tflite.FLOAT_ONLY_OPS); unless
+    # int8_io, the graph inputs and outputs, with (de)quantize ops inside; and the layers kept in
+    # float, picked by their op's scope: its output tensor names, each followed by ';'.
     float_ops = [getattr(ops, name) for name in FLOAT_ONLY_OPS] + ([] if int8_io else [ops.INPUT, ops.OUTPUT])
     for op in float_ops:
         manager.add_quantization_config(".*", op, op_config=in_float, algorithm_key=algorithms.NO_QUANTIZE)
+    for name in keep_float:
+        manager.add_quantization_config(f"^{re.escape(name)};", ops.ALL_SUPPORTED, op_config=in_float,
+                                        algorithm_key=algorithms.NO_QUANTIZE)
     return manager.get_quantization_recipe(), "int8"
 
 
