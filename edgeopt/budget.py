@@ -3,7 +3,8 @@ fewest layers to keep in float.
 
 One loop serves every backend. A backend supplies two things: its quantize pass, which keeps the
 layers named in ``QuantConfig.keep_float`` in float with its own mechanism (onnxruntime
-``nodes_to_exclude``, NNCF ``ignored_scope``, the TFLite converter's ``denylisted_nodes``), and a
+``nodes_to_exclude``, NNCF ``ignored_scope``, the TFLite converter's ``denylisted_nodes``,
+ai-edge-quantizer's NO_QUANTIZE recipe entries), and a
 ``quant-layers`` registry entry listing the layers it quantized under those names. Every try
 quantizes the target's one float artifact again (or edits the int8 one); nothing is converted
 again. Everything is measured on the target's own runtime against the source model:
@@ -12,8 +13,8 @@ again. Everything is measured on the target's own runtime against the source mod
 2. rank layers by sensitivity. Where the path can edit its int8 artifact (``float_edit``) and
    rank from one run (``sensitivity``), by the error each layer adds at its output, and every try
    below is an edit, with only the final choice quantized again; elsewhere each layer alone in
-   int8, all others in float, quantized and scored at the model's output (the budget's own drop,
-   then SQNR);
+   int8, all others in float, quantized and scored at the model's output on a few validation
+   samples (the budget's own drop, then SQNR);
 3. keep the most sensitive 1, 2, 4, ... layers in float until the budgets hold, then narrow down
    between the last count that failed and the first that passed.
 
@@ -41,14 +42,15 @@ from edgeopt.exporters.base import ExportResult, FloatArtifact, Layer
 from edgeopt.passes.quantize.config import QuantConfig, check_quant
 from edgeopt.frameworks.base import LoadedModel
 from edgeopt.recipe import BudgetsConfig
+from edgeopt.report_types import QuantizationInfo, SearchInfo
 from edgeopt.targets.base import open_own_artifact
 from edgeopt.validate.evaluate import Quality, Reference
 
 Progress = Callable[[str], None]
 Export = Callable[[Path, QuantConfig], ExportResult]
 
-# The one-run ranking and the edit probe use this many validation samples: they order layers and
-# check a mechanism, while every try is judged on all of them.
+# The rankings and the edit probe use this many validation samples: they order layers and check a
+# mechanism, while every try is judged on all of them.
 RANKING_SAMPLES = 16
 # Points of fidelity drop the all-float edit may keep for edits to stand in for quantizing again.
 EDIT_REACHES_FLOAT = 0.05
@@ -147,7 +149,7 @@ class Outcome:
     """The artifact one target ends with, and what it took to get there."""
 
     result: ExportResult
-    info: dict[str, Any]  # the report's artifacts[].quantization
+    info: QuantizationInfo  # the report's artifacts[].quantization
     plain: ExportResult | None = None  # the all-int8 artifact, when layers ended in float: its latency is the cost
     warnings: list[str] = field(default_factory=list)
     met: bool = True
@@ -179,36 +181,35 @@ def run(req: Request, out: Path, scratch: Callable[[str], Path], say: Progress) 
     """Export ``req`` to ``out``: plain int8 when it meets the budgets, else with the fewest
     sensitive layers kept in float. Tries are exported to ``scratch(name)`` and removed."""
     started = time.perf_counter()
-    info: dict[str, Any] = {"method": req.quant.method, "per_channel": req.quant.per_channel,
-                            "mechanism": check_quant(req.key, req.quant)}
+    info = QuantizationInfo(method=req.quant.method, per_channel=req.quant.per_channel,
+                            mechanism=check_quant(req.key, req.quant))
     if req.quant.method == "percentile":
-        info["percentile"] = req.quant.percentile
+        info.percentile = req.quant.percentile
     result = req.export(out, req.quant)
     searching = req.budgets.drives_search() and req.judge is not None
     if not req.overrides and not searching:
         return Outcome(result, info)
-    info["keep_float_mechanism"] = registry.export_path(req.key).keep_float
+    info.keep_float_mechanism = registry.export_path(req.key).keep_float
     layers = quant_layers(req.floating, req.calib, req.quant, result.path)
     forced, warnings = apply_overrides(req.overrides, layers, f"the {req.target} artifact '{out.name}'")
-    info["layers"] = len(layers)
+    info.layers = len(layers)
     kept0 = tuple(layer.name for layer in layers if forced.get(layer.name) == "float")
     plain = None
     if kept0:
-        info["overrides"] = {"float": [_title(layers, n) for n in kept0],
+        info.overrides = {"float": [_title(layers, n) for n in kept0],
                              "int8": [_title(layers, n) for n, p in forced.items() if p == "int8"]}
         plain = _move(result, scratch("int8_plain"))
         result = req.export(out, replace(req.quant, keep_float=kept0))
-    info["keep_float"] = [_title(layers, n) for n in kept0]
+    info.keep_float = [_title(layers, n) for n in kept0]
     if not searching:
         return Outcome(result, info, plain=plain, warnings=warnings)
 
     judge = req.judge
     assert judge is not None
     start = judge.measure(result)
-    search: dict[str, Any] = {"before": start.to_dict(), "exports": 1 + bool(kept0)}
-    info["search"] = search
+    search = info.search = SearchInfo(before=start.to_dict(), exports=1 + bool(kept0))
     if _excess(start, req.budgets) <= 1.0:
-        search.update(needed=False, met=True, after=start.to_dict(), wall_seconds=_since(started))
+        search.needed, search.met, search.after, search.wall_seconds = False, True, start.to_dict(), _since(started)
         return Outcome(result, info, plain=plain, warnings=warnings)
 
     candidates = [layer for layer in layers if layer.name not in forced]
@@ -218,18 +219,19 @@ def run(req: Request, out: Path, scratch: Callable[[str], Path], say: Progress) 
     added = edits.added_error(candidates, judge) if edits.available else None
     if added is not None:
         ranking = sorted(candidates, key=lambda layer: -added.get(layer.name, 0.0))
-        search["ranking_method"] = (f"error each layer adds at its output (noise-to-signal ratio), from one run "
+        search.ranking_method = (f"error each layer adds at its output (noise-to-signal ratio), from one run "
                                     f"of the int8 and float models on {min(RANKING_SAMPLES, judge.samples)} "
                                     "validation samples")
-        search["ranking"] = [{"layer": layer.title, "name": layer.name, "op": layer.op,
-                              "added_nsr": round(added.get(layer.name, 0.0), 6)} for layer in ranking]
+        search.ranking = [{"layer": layer.title, "name": layer.name, "op": layer.op,
+                           "added_nsr": round(added.get(layer.name, 0.0), 6)} for layer in ranking]
     else:
-        scored = _rank(req, candidates, layers, fixed_int8, scratch, judge)
+        scored = _rank(req, candidates, layers, fixed_int8, scratch, judge.subset(RANKING_SAMPLES))
         ranking = [layer for layer, _ in scored]
-        search["ranking_method"] = "each layer alone in int8, the rest float"
-        search["ranking"] = [{"layer": layer.title, "name": layer.name, "op": layer.op, **q.to_dict()}
-                             for layer, q in scored]
-        search["exports"] += len(candidates)
+        search.ranking_method = (f"each layer alone in int8, the rest float, scored on "
+                                 f"{min(RANKING_SAMPLES, judge.samples)} validation samples")
+        search.ranking = [{"layer": layer.title, "name": layer.name, "op": layer.op, **q.to_dict()}
+                          for layer, q in scored]
+        search.exports += len(candidates)
     say(f"Searching for the fewest layers to keep in float ({req.target})")
     tried: dict[int, tuple[ExportResult, Quality]] = {0: (result, start)}
     order = [layer.name for layer in ranking]
@@ -240,7 +242,7 @@ def run(req: Request, out: Path, scratch: Callable[[str], Path], say: Progress) 
             exported = edited
         else:
             exported = req.export(scratch(f"keep{k}"), replace(req.quant, keep_float=kept0 + tuple(order[:k])))
-            search["exports"] += 1
+            search.exports += 1
         tried[k] = (exported, judge.measure(exported))
         return _excess(tried[k][1], req.budgets) <= 1.0
 
@@ -263,7 +265,7 @@ def run(req: Request, out: Path, scratch: Callable[[str], Path], say: Progress) 
         # The tries were edits; the artifact is quantized again with the backend's own mechanism,
         # as --keep-float would, and judged. Should that miss where the edit held, the edit stays.
         final = req.export(scratch(f"final{best_k}"), replace(req.quant, keep_float=kept0 + tuple(order[:best_k])))
-        search["exports"] += 1
+        search.exports += 1
         measured = judge.measure(final)
         if _excess(measured, req.budgets) <= max(1.0, _excess(tried[best_k][1], req.budgets)):
             _remove(tried[best_k][0])
@@ -272,14 +274,14 @@ def run(req: Request, out: Path, scratch: Callable[[str], Path], say: Progress) 
             # The backend's mechanism can leave more quantized than the edit (onnxruntime keeps an
             # excluded Gemm's input quantized when the op before it is): the edit is the artifact.
             _remove(final)
-            info["keep_float_mechanism"] = (f"the int8 model edited so those layers read float inputs "
-                                            f"({edits.reference}); {info['keep_float_mechanism']} "
-                                            f"missed the budget there")
-    search["edits"] = edits.count
+            info.keep_float_mechanism = (f"the int8 model edited so those layers read float inputs "
+                                         f"({edits.reference}); {info.keep_float_mechanism} "
+                                         f"missed the budget there")
+    search.edits = edits.count
     chosen, quality = tried[best_k]
-    search["tried"] = [{"kept_in_float": n, "layers": [_title(layers, name) for name in order[:n]],
-                        **tried[n][1].to_dict(), "passed": _excess(tried[n][1], req.budgets) <= 1.0}
-                       for n in sorted(tried)]
+    search.tried = [{"kept_in_float": n, "layers": [_title(layers, name) for name in order[:n]],
+                     **tried[n][1].to_dict(), "passed": _excess(tried[n][1], req.budgets) <= 1.0}
+                    for n in sorted(tried)]
     if best_k != 0:
         if plain is None:
             plain = _move(result, scratch("int8_plain"))
@@ -289,9 +291,9 @@ def run(req: Request, out: Path, scratch: Callable[[str], Path], say: Progress) 
     for n, (exported, _) in tried.items():
         if n not in (0, best_k):
             _remove(exported)
-    info["keep_float"] = [_title(layers, n) for n in kept0 + tuple(order[:best_k])]
-    search.update(needed=True, met=first_pass is not None, after=quality.to_dict(),
-                  kept_in_float=best_k, wall_seconds=_since(started))
+    info.keep_float = [_title(layers, n) for n in kept0 + tuple(order[:best_k])]
+    search.needed, search.met, search.after = True, first_pass is not None, quality.to_dict()
+    search.kept_in_float, search.wall_seconds = best_k, _since(started)
     if first_pass is None:
         warnings.append(f"No number of layers kept in float brought the {req.target} artifact within its budgets "
                         f"(tried {', '.join(str(n) for n in sorted(tried))} of {len(order)}); kept the best try, "

@@ -27,6 +27,7 @@ from edgeopt.outputs import OutputStage, check_output_dir
 from edgeopt.passes.base import PassContext
 from edgeopt.targets.base import op_summary, open_own_artifact
 from edgeopt.report import build_report, render_markdown, write_json
+from edgeopt.report_types import ArtifactEntry, QuantizationInfo
 from edgeopt.report_html import render_html
 from edgeopt.validate.evaluate import Metric, Quality, Reference
 from edgeopt.validate.latency import measure_interleaved
@@ -300,10 +301,11 @@ def compress(config: recipe.CompressConfig, progress: Progress | None = None) ->
             variants["artifact"] = result
             entry, quality = _measure(target, source, variants, reference, config, say)
             if outcome is not None:
-                entry["quantization"] = _with_latency_cost(outcome.info, entry)
-            entry["budgets"] = _budget_checks(config, entry, quality)
-            slow = slow_int8_warning(entry, io_tensors=len(source.handle.inputs) + len(source.handle.outputs))
-            collapsed = collapse_warning(entry)
+                entry.quantization = _with_latency_cost(outcome.info, entry)
+            entry.budgets = _budget_checks(config, entry, quality)
+            facts = entry.to_dict()
+            slow = slow_int8_warning(facts, io_tensors=len(source.handle.inputs) + len(source.handle.outputs))
+            collapsed = collapse_warning(facts)
             warnings.extend(w for w in (collapsed, slow) if w)
             artifacts.append(entry)
             for variant, exported in variants.items():
@@ -320,11 +322,11 @@ def compress(config: recipe.CompressConfig, progress: Progress | None = None) ->
                                    held_out=config.validation.data is None and val is holdout),
             artifacts=artifacts, notes=notes, wall_seconds=time.perf_counter() - started)
         if len(stage_info) > 1:
-            report["stages"] = _stage_table(stage_info, artifacts[0])
+            report["stages"] = _stage_table(stage_info, artifacts[0].to_dict())
         report["warnings"] = warnings
         if config.budgets.any():
             report["budgets"] = {"limits": {k: v for k, v in config.budgets.model_dump().items() if v is not None},
-                                 "passed": all(c["passed"] for a in artifacts for c in a["budgets"])}
+                                 "passed": all(c["passed"] for a in artifacts for c in a.budgets)}
         say("Writing outputs")
         for a in report["artifacts"]:
             a["path"] = str(out_dir / Path(a["path"]).name)
@@ -340,19 +342,20 @@ def compress(config: recipe.CompressConfig, progress: Progress | None = None) ->
     return result
 
 
-def _with_latency_cost(info: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+def _with_latency_cost(info: QuantizationInfo, entry: ArtifactEntry) -> QuantizationInfo:
     """What keeping layers in float cost: the artifact's p50 against the all-int8 one, measured interleaved."""
-    plain = (entry.get("variants") or {}).get(PLAIN_INT8, {}).get("latency_ms")
-    if plain and entry.get("latency_ms"):
-        p50, base = entry["latency_ms"]["p50"], plain["p50"]
-        info["latency_cost"] = {"int8_p50_ms": base, "p50_ms": p50, "percent": round(100.0 * (p50 / base - 1.0), 1)}
+    plain = (entry.variants or {}).get(PLAIN_INT8, {}).get("latency_ms")
+    if plain and entry.latency_ms:
+        p50, base = entry.latency_ms["p50"], plain["p50"]
+        info.latency_cost = {"int8_p50_ms": base, "p50_ms": p50, "percent": round(100.0 * (p50 / base - 1.0), 1)}
     return info
 
 
-def _budget_checks(config: recipe.CompressConfig, entry: dict[str, Any], quality: Quality | None) -> list[dict[str, Any]]:
+def _budget_checks(config: recipe.CompressConfig, entry: ArtifactEntry,
+                   quality: Quality | None) -> list[dict[str, Any]]:
     found = budget.checks(config.budgets, fidelity_drop=quality.fidelity_drop if quality else None,
-                          accuracy_drop=quality.accuracy_drop if quality else None, speedup=entry.get("speedup"),
-                          size=entry.get("size_bytes"))
+                          accuracy_drop=quality.accuracy_drop if quality else None, speedup=entry.speedup,
+                          size=entry.size_bytes)
     return [c.to_dict() for c in found]
 
 
@@ -498,23 +501,22 @@ def _data_entry(path, subset: cal.Subset | None, seed: int, held_out: bool = Fal
 
 
 def _measure(target, source: LoadedModel, variants: dict, reference: Reference | None,
-             config: recipe.CompressConfig, say: Progress) -> tuple[dict[str, Any], Quality | None]:
+             config: recipe.CompressConfig, say: Progress) -> tuple[ArtifactEntry, Quality | None]:
     """Measure every variant (fp32 baseline, intermediate stages, the artifact) side by side; returns
-    the report entry and the artifact's quality (None without validation data)."""
+    the artifact's report entry and its quality (None without validation data)."""
     threads = config.validation.threads
     # Data stays in the source's layout; each session turns it into its own.
     sessions = {k: open_own_artifact(target, v.path, source, threads=threads) for k, v in variants.items()}
     result = variants["artifact"]
-    entry: dict[str, Any] = {
-        "target": target, "path": str(result.path), "precision": result.precision,
-        "size_bytes": _size(result), "gzip_size_bytes": gzip_size(result.path, *result.extra_files),
-        "io_dtypes": {t.name: t.dtype for t in sessions["artifact"].inputs},
-        "input_layout": {t.name: t.layout for t in sessions["artifact"].inputs},
-        "ops": op_summary(sessions["artifact"].ops()), "float_fallback": result.float_fallback,
-    }
+    entry = ArtifactEntry(
+        target=target, path=str(result.path), precision=result.precision, size_bytes=_size(result),
+        gzip_size_bytes=gzip_size(result.path, *result.extra_files),
+        io_dtypes={t.name: t.dtype for t in sessions["artifact"].inputs},
+        input_layout={t.name: t.layout for t in sessions["artifact"].inputs},
+        ops=op_summary(sessions["artifact"].ops()), float_fallback=result.float_fallback)
     if not config.validation.enabled:
         return entry, None
-    entry["baseline_size_bytes"] = _size(variants["fp32"])
+    entry.baseline_size_bytes = _size(variants["fp32"])
     extra = [k for k in variants if k not in ("fp32", "artifact")]
     measured: dict[str, dict[str, Any]] = {k: {"fp32_size_bytes": _size(variants[k])}
                                            for k in ("fp32", *extra)}
@@ -525,12 +527,11 @@ def _measure(target, source: LoadedModel, variants: dict, reference: Reference |
         say(f"Validating on {reference.samples} samples")
         qualities = {k: reference.measure(session) for k, session in sessions.items()}
         quality = qualities["artifact"]
-        entry["baseline_fidelity"], entry["fidelity"] = qualities["fp32"].fidelity, quality.fidelity
+        entry.baseline_fidelity, entry.fidelity = qualities["fp32"].fidelity, quality.fidelity
         for k in measured:
             measured[k]["fidelity"] = qualities[k].fidelity
         if reference.accuracy is not None:
-            entry["reference_accuracy"] = reference.accuracy
-            entry["accuracy"] = quality.accuracy
+            entry.reference_accuracy, entry.accuracy = reference.accuracy, quality.accuracy
             for k in measured:
                 measured[k]["accuracy"] = qualities[k].accuracy
         feed = next(iter(reference.val))
@@ -538,16 +539,16 @@ def _measure(target, source: LoadedModel, variants: dict, reference: Reference |
         own = {t.name: t for t in sessions["artifact"].inputs}
         feed = {t.name: np.random.default_rng(0).random((1, *_dims(t, own.get(t.name))), dtype=np.float32)
                 for t in source.handle.inputs}
-        entry["notes"] = ["No validation data: fidelity and accuracy not measured; latency on random inputs."]
+        entry.notes = ["No validation data: fidelity and accuracy not measured; latency on random inputs."]
     say(f"Measuring latency ({', '.join(sessions)}, interleaved)")
     stats = measure_interleaved(sessions, feed, runs=config.validation.runs, warmup=config.validation.warmup)
-    entry["baseline_latency_ms"] = stats["fp32"].to_dict()
-    entry["latency_ms"] = stats["artifact"].to_dict()
-    entry["speedup"] = round(stats["fp32"].p50 / stats["artifact"].p50, 3)
+    entry.baseline_latency_ms = stats["fp32"].to_dict()
+    entry.latency_ms = stats["artifact"].to_dict()
+    entry.speedup = round(stats["fp32"].p50 / stats["artifact"].p50, 3)
     for k in measured:
         measured[k]["latency_ms"] = stats[k].to_dict()
     if extra:
-        entry["variants"] = measured
+        entry.variants = measured
     return entry, quality
 
 

@@ -3,7 +3,8 @@
 Stable keys: schema_version, source{path, format, sha256}, reference{size_bytes, latency_ms,
 accuracy}, artifacts[{target, path, precision, size_bytes, latency_ms{p50, p90, mean, runs,
 warmup, threads}, fidelity{top1_agreement, cosine, max_abs_err, sqnr_db}, accuracy{top1}}],
-calibration{samples, seed, sha256}, versions{...}. New keys may be added; these stay.
+calibration{samples, seed, sha256}, versions{...}. New keys may be added; these stay. The
+artifacts are typed records (``report_types``), written through ``envelope``.
 """
 
 from __future__ import annotations
@@ -17,25 +18,26 @@ from typing import Any
 
 from edgeopt import __version__
 from edgeopt.deps import installed_versions
+from edgeopt.report_types import ArtifactEntry, plain
 
 SCHEMA_VERSION = 1
 
 
 def build_report(*, command: str, config, source, source_sha256: str, calibration: dict | None,
-                 validation: dict | None, artifacts: list[dict], notes: list[str],
+                 validation: dict | None, artifacts: list[ArtifactEntry], notes: list[str],
                  wall_seconds: float) -> dict[str, Any]:
-    first = artifacts[0] if artifacts else {}
+    first = artifacts[0] if artifacts else ArtifactEntry(target="", path="", precision="", size_bytes=0)
     reference = {
-        "description": f"the source model for accuracy; its fp32 {first.get('target', '')} form for size and latency",
-        "size_bytes": first.get("baseline_size_bytes"),
-        "latency_ms": first.get("baseline_latency_ms"),
-        "accuracy": first.get("reference_accuracy"),
-        "conversion_fidelity": first.get("baseline_fidelity"),
+        "description": f"the source model for accuracy; its fp32 {first.target} form for size and latency",
+        "size_bytes": first.baseline_size_bytes,
+        "latency_ms": first.baseline_latency_ms,
+        "accuracy": first.reference_accuracy,
+        "conversion_fidelity": first.baseline_fidelity,
         "source_size_bytes": _size(source.handle.path),
     }
     for a in artifacts:
-        if a.get("baseline_size_bytes"):
-            a["size_ratio"] = round(a["size_bytes"] / a["baseline_size_bytes"], 4)
+        if a.baseline_size_bytes:
+            a.size_ratio = round(a.size_bytes / a.baseline_size_bytes, 4)
     source_entry = {
         "path": str(source.handle.path), "format": source.handle.format.value, "sha256": source_sha256,
         "inputs": [t.describe() for t in source.handle.inputs],
@@ -52,7 +54,7 @@ def build_report(*, command: str, config, source, source_sha256: str, calibratio
 def envelope(command: str, body: dict[str, Any], *, settings: dict, notes: list[str],
              wall_seconds: float) -> dict[str, Any]:
     """The keys every report shares around a command's own ``body``."""
-    return _finite({
+    return _finite(plain({
         "schema_version": SCHEMA_VERSION,
         "command": command,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -62,7 +64,7 @@ def envelope(command: str, body: dict[str, Any], *, settings: dict, notes: list[
         "machine": {"system": platform.system(), "machine": platform.machine(), "processor": _cpu_name()},
         "notes": notes,
         "wall_seconds": round(wall_seconds, 2),
-    })
+    }))
 
 
 def write_json(path: Path, report: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "edgeopt"
 # The stages in flow order; a module may import its own stage and those before it.
 STAGES = (
     ("base", ("errors", "deps", "model", "names", "console", "formats", "tflite_file", "outputs", "fidelity",
-              "registry", "recipe", "options", "doctor")),
+              "registry", "recipe", "options", "doctor", "report_types")),
     ("import", ("frameworks",)),
     ("data", ("calibration",)),
     ("passes", ("passes",)),

@@ -11,6 +11,7 @@ import pytest
 
 from edgeopt import __version__, recipe, report
 from edgeopt.model import Format, ModelHandle, TensorSpec
+from edgeopt.report_types import ArtifactEntry, QuantizationInfo, SearchInfo
 
 
 def _report(tmp_path: Path, sqnr: float = math.inf) -> dict:
@@ -21,12 +22,12 @@ def _report(tmp_path: Path, sqnr: float = math.inf) -> dict:
                          outputs=(TensorSpec("probs", (None, 3), "float32"),), metadata={"params": 42})
     latency = {"p50": 1.0, "p90": 1.5, "p99": 2.0, "min": 0.9, "mean": 1.1, "std": 0.1, "runs": 5,
                "warmup": 1, "threads": 2, "unstable": False}
-    artifact = {"target": "tflite", "path": str(tmp_path / "m_int8.tflite"), "precision": "int8",
-                "size_bytes": 250, "baseline_size_bytes": 1000, "latency_ms": latency,
-                "baseline_latency_ms": {**latency, "p50": 2.0},
-                "fidelity": {"top1_agreement": 1.0, "cosine": 0.999, "max_abs_err": 0.01, "sqnr_db": sqnr},
-                "reference_accuracy": {"top1": 0.9}, "accuracy": {"top1": 0.875},
-                "ops": {"counts": {"CONV_2D": 1}, "float_ops": [], "full_integer": True}}
+    artifact = ArtifactEntry(target="tflite", path=str(tmp_path / "m_int8.tflite"), precision="int8",
+                             size_bytes=250, baseline_size_bytes=1000, latency_ms=latency,
+                             baseline_latency_ms={**latency, "p50": 2.0},
+                             fidelity={"top1_agreement": 1.0, "cosine": 0.999, "max_abs_err": 0.01, "sqnr_db": sqnr},
+                             reference_accuracy={"top1": 0.9}, accuracy={"top1": 0.875},
+                             ops={"counts": {"CONV_2D": 1}, "float_ops": [], "full_integer": True})
     return report.build_report(
         command="compress", config=recipe.build("test", model=model), source=SimpleNamespace(handle=handle),
         source_sha256="ab" * 32, calibration={"path": "c.npz", "samples": 40, "seed": 0, "sha256": "cd" * 32},
@@ -47,6 +48,18 @@ def test_contract_keys(tmp_path):
     assert r["versions"]["edgeopt"] == __version__
     assert r["settings"]["model"] == str(tmp_path / "m.h5")
     assert r["wall_seconds"] == 1.23
+
+
+def test_typed_entries_write_the_schema_keys_and_leave_out_what_was_not_measured():
+    quantization = QuantizationInfo(method="auto", per_channel=True, mechanism="m", keep_float=[],
+                                    search=SearchInfo(before={"fidelity_drop": 3.0}, exports=1))
+    entry = ArtifactEntry(target="onnx", path="a.onnx", precision="int8", size_bytes=10, float_fallback=False,
+                          ops={}, quantization=quantization, budgets=[{"budget": "max_size", "value": None}])
+    assert entry.to_dict() == {
+        "target": "onnx", "path": "a.onnx", "precision": "int8", "size_bytes": 10, "ops": {},
+        "float_fallback": False, "budgets": [{"budget": "max_size", "value": None}],
+        "quantization": {"method": "auto", "per_channel": True, "mechanism": "m", "keep_float": [],
+                         "search": {"before": {"fidelity_drop": 3.0}, "exports": 1}}}
 
 
 def test_infinite_sqnr_is_written_as_null(tmp_path):

@@ -23,6 +23,7 @@ from edgeopt import registry
 from edgeopt.errors import EnvironmentProblem, InputRejected, UsageError
 from edgeopt.formats import SOURCE_FORMATS, detect_format
 from edgeopt.model import Format, TensorSpec
+from edgeopt.report_types import ArtifactEntry
 from edgeopt.targets.base import Session, precision_of
 from edgeopt.validate.devices import parse_device, require_gpu
 from edgeopt.validate.evaluate import Metric, Reference
@@ -157,20 +158,17 @@ def validate(config: ValidateConfig, progress: Callable[[str], None] | None = No
     for label, session in sessions.items():
         path = next(p for p in config.artifacts if label in (p.name, str(p)))
         quality = reference.judge(outputs[label])
-        entry: dict[str, Any] = {
-            "target": kinds[label], "device": device.public(), "path": str(path), "precision": _precision(session),
-            "size_bytes": _size(path), "latency_ms": stats[label].to_dict(),
-            "load_seconds": round(loads[label], 4), "fidelity": quality.fidelity,
-            "input_layout": {t.name: t.layout for t in session.inputs},
-        }
+        entry = ArtifactEntry(
+            target=kinds[label], device=device.public(), path=str(path), precision=_precision(session),
+            size_bytes=_size(path), latency_ms=stats[label].to_dict(), load_seconds=round(loads[label], 4),
+            fidelity=quality.fidelity, accuracy=quality.accuracy,
+            input_layout={t.name: t.layout for t in session.inputs})
         if device.kind != "ssh":
-            entry["peak_rss_mb"] = round(memory[label], 1)  # this process's; a device's is not measured
-        if quality.accuracy is not None:
-            entry["accuracy"] = quality.accuracy
+            entry.peak_rss_mb = round(memory[label], 1)  # this process's; a device's is not measured
         if custom is not None:
-            entry["metrics"] = custom(outputs[label], reference.labels) or {}
+            entry.metrics = custom(outputs[label], reference.labels) or {}
         if kinds[label] in RUNTIME_OF.values():
-            entry["cpu_fallback_ops"] = session.fallback_ops()
+            entry.cpu_fallback_ops = session.fallback_ops()
         artifacts.append(entry)
     ref_entry = {"path": str(config.reference or config.artifacts[0]), "compared_against": ref_label}
     if reference.accuracy is not None:
@@ -178,7 +176,8 @@ def validate(config: ValidateConfig, progress: Callable[[str], None] | None = No
     labels = reference.labels
     notes = [f"{label}: latency spread is wide (p90 > 1.5 x p50); re-run on a quiet machine before trusting it."
              for label, st in stats.items() if st.unstable]
-    return {"artifacts": artifacts, "reference": ref_entry, "labels": labels is not None, "notes": notes,
+    return {"artifacts": [a.to_dict() for a in artifacts], "reference": ref_entry, "labels": labels is not None,
+            "notes": notes,
             "inputs": [t.describe() for t in inputs],
             "outputs": [t.describe() for t in data.outputs],
             "validation": {"path": str(config.val), "samples": len(val), "seed": config.seed,

@@ -12,6 +12,7 @@ orders layers by that, then tries the most harmful first on edits of the int8 mo
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -40,12 +41,18 @@ def added_error(floating: FloatArtifact, artifact: Path, layers: list[Layer], ro
     common = [name for name in float_taps if name in int8_taps]
     if not common:
         return None
-    reference = _run(onnx, prepared, [float_taps[n] for n in common], rows, source)
-    quantized = _run(onnx, int8, [int8_taps[n] for n in common], rows, source)
-    nsr = {}
-    for name, f, q in zip(common, reference, quantized):
-        signal = float(np.sum(f.astype(np.float64) ** 2))
-        nsr[name] = float(np.sum((f.astype(np.float64) - q) ** 2)) / signal if signal > 0 else 0.0
+    reference = _session(onnx, prepared, [float_taps[n] for n in common], source)
+    quantized = _session(onnx, int8, [int8_taps[n] for n in common], source)
+    # Summed over the samples one at a time: the tapped maps of a detector at full resolution
+    # would not fit in memory all together.
+    noise, signal = np.zeros(len(common)), np.zeros(len(common))
+    for row in rows:
+        for i, (f, q) in enumerate(zip(reference(row), quantized(row))):
+            f = np.ascontiguousarray(f, dtype=np.float32).ravel()
+            diff = f - np.asarray(q, dtype=np.float32).ravel()
+            noise[i] += float(np.dot(diff, diff))
+            signal[i] += float(np.dot(f, f))
+    nsr = {name: noise[i] / signal[i] if signal[i] > 0 else 0.0 for i, name in enumerate(common)}
     feeding = _quantized_inputs(prepared, set(common))
     return {name: max(0.0, nsr[name] - max((nsr[p] for p in feeding.get(name, ())), default=0.0))
             for name in common}
@@ -78,9 +85,8 @@ def _quantized_inputs(graph_model: Any, tapped: set[str]) -> dict[str, set[str]]
     return found
 
 
-def _run(onnx: Any, model: Any, tensors: list[str], rows: list[dict[str, np.ndarray]],
-         source: LoadedModel) -> list[np.ndarray]:
-    """``tensors`` of ``model`` over ``rows``, each joined over the samples."""
+def _session(onnx: Any, model: Any, tensors: list[str], source: LoadedModel) -> Callable[[dict], list[np.ndarray]]:
+    """``row -> [tensors of model for it]``: an ONNX Runtime session with those tensors as outputs."""
     ort = require("onnxruntime", "Running ONNX models")
     tapped = onnx.ModelProto()
     tapped.CopyFrom(model)
@@ -95,9 +101,4 @@ def _run(onnx: Any, model: Any, tensors: list[str], rows: list[dict[str, np.ndar
     session = ort.InferenceSession(tapped.SerializeToString(), options, providers=["CPUExecutionProvider"])
     inputs = [i.name for i in session.get_inputs()]
     pairs = list(zip(inputs, match_inputs(inputs, source.handle.input_names)))
-    per_tensor: list[list[np.ndarray]] = [[] for _ in tensors]
-    for row in rows:
-        got = session.run(tensors, {name: row[source_name] for name, source_name in pairs})
-        for bucket, value in zip(per_tensor, got):
-            bucket.append(np.asarray(value, np.float32).ravel())
-    return [np.concatenate(bucket) for bucket in per_tensor]
+    return lambda row: session.run(tensors, {name: row[source_name] for name, source_name in pairs})
