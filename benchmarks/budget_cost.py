@@ -25,7 +25,8 @@ sys.path.insert(0, str(ROOT))
 from tests.conformance import zoo  # noqa: E402
 
 # (case, target, budget in points): each budget sits below plain int8's fidelity drop there.
-CASES = (("ppocr_det_v4", "onnx", 2.0), ("ppocr_rec_v4", "onnx", 5.0), ("silero_vad_op15", "onnx", 2.0))
+CASES = (("ppocr_det_v4", "onnx", 2.0), ("ppocr_rec_v4", "onnx", 5.0), ("silero_vad_op15", "onnx", 2.0),
+         ("mobilenet_v2_imagenet", "openvino", 5.0), ("mobilenet_v2_imagenet", "tflite", 8.0))
 
 
 def _compress(case: zoo.Case, target: str, work: Path, calib: Path, val: Path, *extra: str) -> tuple[float, dict]:

@@ -216,7 +216,10 @@ def run(req: Request, out: Path, scratch: Callable[[str], Path], say: Progress) 
     fixed_int8 = {n for n, p in forced.items() if p == "int8"}
     say(f"Ranking {len(candidates)} layers of the {req.target} artifact by sensitivity")
     edits = _Edits(req, result, scratch, layers, judge)
-    added = edits.added_error(candidates, judge) if edits.available else None
+    # A one-run ranking serves where the path's edits do, or where it has none (its mechanism then
+    # keeps layers reading float inputs by itself): a graph the edit probe found parts of that it
+    # cannot reach (If/Loop bodies) hides them from the taps too.
+    added = edits.added_error(candidates, judge) if edits.available or edits.reference is None else None
     if added is not None:
         ranking = sorted(candidates, key=lambda layer: -added.get(layer.name, 0.0))
         search.ranking_method = (f"error each layer adds at its output (noise-to-signal ratio), from one run "

@@ -120,6 +120,7 @@ _AEQ_KEEP = "ai-edge-quantizer recipe, NO_QUANTIZE entries for the ops' output t
 _AEQ_LAYERS = "edgeopt.passes.quantize.tflite_aeq:quantized_layers"
 _ORT_EDIT = "edgeopt.passes.quantize.onnx_float_edit:keep_in_float"
 _ORT_SENSITIVITY = "edgeopt.passes.quantize.onnx_sensitivity:added_error"
+_NNCF_SENSITIVITY = "edgeopt.passes.quantize.openvino_sensitivity:added_error"
 # No OpenVINO edit: NNCF moves a FakeQuantize up through reshapes and pools, where other ops share
 # it, and bypassing only the quantizers an op reads directly left a 10-conv test net 12 points
 # off where ignored_scope brought it to 0.07.
@@ -144,11 +145,14 @@ EXPORTS: tuple[ExportPath, ...] = (
                calibration=_ORT_CALIB, keep_float=_ORT_KEEP, layers=_ORT_LAYERS,
                float_edit=_ORT_EDIT, sensitivity=_ORT_SENSITIVITY),
     ExportPath("keras->openvino", "edgeopt.exporters.openvino:convert_keras", _NNCF_QUANTIZE, (TF, OPENVINO, NNCF),
-               calibration=_NNCF_CALIB, keep_float=_NNCF_KEEP, layers=_NNCF_LAYERS),
+               calibration=_NNCF_CALIB, keep_float=_NNCF_KEEP, layers=_NNCF_LAYERS,
+               sensitivity=_NNCF_SENSITIVITY),
     ExportPath("torch->openvino", "edgeopt.exporters.openvino:convert_torch", _NNCF_QUANTIZE, (TORCH, OPENVINO, NNCF),
-               calibration=_NNCF_CALIB, keep_float=_NNCF_KEEP, layers=_NNCF_LAYERS),
+               calibration=_NNCF_CALIB, keep_float=_NNCF_KEEP, layers=_NNCF_LAYERS,
+               sensitivity=_NNCF_SENSITIVITY),
     ExportPath("onnx->openvino", "edgeopt.exporters.openvino:convert_onnx", _NNCF_QUANTIZE, (OPENVINO, NNCF),
-               calibration=_NNCF_CALIB, keep_float=_NNCF_KEEP, layers=_NNCF_LAYERS),
+               calibration=_NNCF_CALIB, keep_float=_NNCF_KEEP, layers=_NNCF_LAYERS,
+               sensitivity=_NNCF_SENSITIVITY),
 )
 
 RUNTIMES: tuple[Runtime, ...] = (

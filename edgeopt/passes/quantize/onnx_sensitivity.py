@@ -1,18 +1,15 @@
 """How much error each layer of an int8 ONNX model adds, from one run of it and of its float graph.
 
 Every quantized node's output is made a graph output, in the int8 model and in the prepared float
-graph it was quantized from; both run once on a few samples. A node's noise-to-signal ratio
-(NSR, error power over signal power at its output) holds the error it was fed and the error its
-own quantized inputs and weights add. What it adds, the NSR at its output less the largest NSR of
-the quantized nodes feeding it, is what keeping it in float would take away: the budget search
-orders layers by that, then tries the most harmful first on edits of the int8 model
+graph it was quantized from; both run once on a few samples (``sensitivity.added_error``). The
+budget search orders layers by that, then tries the most harmful first on edits of the int8 model
 (``onnx_float_edit``), where a ranking by tries took one judging run per layer.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +18,7 @@ from edgeopt.deps import require
 from edgeopt.exporters.base import FloatArtifact, Layer
 from edgeopt.frameworks.base import LoadedModel
 from edgeopt.names import match_inputs
+from edgeopt.passes.quantize import sensitivity
 from edgeopt.passes.quantize.onnx import prepared_graph
 
 
@@ -41,48 +39,15 @@ def added_error(floating: FloatArtifact, artifact: Path, layers: list[Layer], ro
     common = [name for name in float_taps if name in int8_taps]
     if not common:
         return None
-    reference = _session(onnx, prepared, [float_taps[n] for n in common], source)
-    quantized = _session(onnx, int8, [int8_taps[n] for n in common], source)
-    # Summed over the samples one at a time: the tapped maps of a detector at full resolution
-    # would not fit in memory all together.
-    noise, signal = np.zeros(len(common)), np.zeros(len(common))
-    for row in rows:
-        for i, (f, q) in enumerate(zip(reference(row), quantized(row))):
-            f = np.ascontiguousarray(f, dtype=np.float32).ravel()
-            diff = f - np.asarray(q, dtype=np.float32).ravel()
-            noise[i] += float(np.dot(diff, diff))
-            signal[i] += float(np.dot(f, f))
-    nsr = {name: noise[i] / signal[i] if signal[i] > 0 else 0.0 for i, name in enumerate(common)}
-    feeding = _quantized_inputs(prepared, set(common))
-    return {name: max(0.0, nsr[name] - max((nsr[p] for p in feeding.get(name, ())), default=0.0))
-            for name in common}
+    producer = {o: node.name for node in prepared.graph.node for o in node.output}
+    nodes = [(node.name, [producer[i] for i in node.input if i in producer]) for node in prepared.graph.node]
+    return sensitivity.added_error(common, _session(onnx, prepared, [float_taps[n] for n in common], source),
+                                   _session(onnx, int8, [int8_taps[n] for n in common], source), rows, nodes)
 
 
 def _taps(model: Any, names: set[str]) -> dict[str, str]:
     """Node name -> the tensor it writes first, for the nodes ``names``."""
     return {node.name: node.output[0] for node in model.graph.node if node.name in names and node.output}
-
-
-def _quantized_inputs(graph_model: Any, tapped: set[str]) -> dict[str, set[str]]:
-    """For each tapped node, the nearest tapped nodes upstream of it (through untapped ones)."""
-    producer = {o: node for node in graph_model.graph.node for o in node.output}
-    found: dict[str, set[str]] = {}
-    for node in graph_model.graph.node:
-        if node.name not in tapped:
-            continue
-        seen, frontier, nearest = set(), list(node.input), set()
-        while frontier:
-            tensor = frontier.pop()
-            up = producer.get(tensor)
-            if up is None or up.name in seen:
-                continue
-            seen.add(up.name)
-            if up.name in tapped:
-                nearest.add(up.name)
-            else:
-                frontier.extend(up.input)
-        found[node.name] = nearest
-    return found
 
 
 def _session(onnx: Any, model: Any, tensors: list[str], source: LoadedModel) -> Callable[[dict], list[np.ndarray]]:
