@@ -10,13 +10,14 @@ quantizes the target's one float artifact again (or edits the int8 one); nothing
 again. Everything is measured on the target's own runtime against the source model:
 
 1. export plain int8 (overrides applied); if the budgets hold, that is the artifact;
-2. rank layers by sensitivity. Where the path can edit its int8 artifact (``float_edit``) and
-   rank from one run (``sensitivity``), by the error each layer adds at its output, and every try
-   below is an edit, with only the final choice quantized again; elsewhere each layer alone in
-   int8, all others in float, quantized and scored at the model's output on a few validation
-   samples (the budget's own drop, then SQNR);
+2. rank layers by sensitivity: where the path ranks from one run (``sensitivity``: onnxruntime,
+   and NNCF past FEW_LAYERS), by the error each layer adds at its output; elsewhere each layer
+   alone in int8, all others in float, quantized and scored at the model's output (the budget's
+   own drop, then SQNR; on a few validation samples past FEW_LAYERS). Where the path can edit its int8 artifact (``float_edit``:
+   onnxruntime), every try below is an edit and the artifact is the edit that held;
 3. keep the most sensitive 1, 2, 4, ... layers in float until the budgets hold, then narrow down
-   between the last count that failed and the first that passed.
+   between the last count that failed and the first that passed (where the measured excess
+   crosses the budget, and at the middle, in turn).
 
 Quantizing once per layer suits the small models edge devices run; the report records how many
 quantizations ("exports") and edits it took, and how long.
@@ -52,6 +53,9 @@ Export = Callable[[Path, QuantConfig], ExportResult]
 # The rankings and the edit probe use this many validation samples: they order layers and check a
 # mechanism, while every try is judged on all of them.
 RANKING_SAMPLES = 16
+# Up to this many candidate layers, a path without edits ranks them by one try each on every
+# validation sample; past it, from one run where the path can (else a try each on RANKING_SAMPLES).
+FEW_LAYERS = 32
 # Points of fidelity drop the all-float edit may keep for edits to stand in for quantizing again.
 EDIT_REACHES_FLOAT = 0.05
 
@@ -216,22 +220,25 @@ def run(req: Request, out: Path, scratch: Callable[[str], Path], say: Progress) 
     fixed_int8 = {n for n, p in forced.items() if p == "int8"}
     say(f"Ranking {len(candidates)} layers of the {req.target} artifact by sensitivity")
     edits = _Edits(req, result, scratch, layers, judge)
-    # A one-run ranking serves where the path's edits do, or where it has none (its mechanism then
-    # keeps layers reading float inputs by itself): a graph the edit probe found parts of that it
-    # cannot reach (If/Loop bodies) hides them from the taps too.
-    added = edits.added_error(candidates, judge) if edits.available or edits.reference is None else None
+    # A one-run ranking serves where the path's edits do (a graph the edit probe found parts of
+    # that it cannot reach, If/Loop bodies, hides them from the taps too), or, for a path without
+    # edits, past FEW_LAYERS: below, a try per layer on every sample costs little and measures the
+    # budget's own metric, which the added error only stands in for.
+    one_run = edits.available or (edits.reference is None and len(candidates) > FEW_LAYERS)
+    added = edits.added_error(candidates, judge) if one_run else None
     if added is not None:
         ranking = sorted(candidates, key=lambda layer: -added.get(layer.name, 0.0))
         search.ranking_method = (f"error each layer adds at its output (noise-to-signal ratio), from one run "
-                                    f"of the int8 and float models on {min(RANKING_SAMPLES, judge.samples)} "
-                                    "validation samples")
+                                 f"of the int8 and float models on {min(RANKING_SAMPLES, judge.samples)} "
+                                 "validation samples")
         search.ranking = [{"layer": layer.title, "name": layer.name, "op": layer.op,
                            "added_nsr": round(added.get(layer.name, 0.0), 6)} for layer in ranking]
     else:
-        scored = _rank(req, candidates, layers, fixed_int8, scratch, judge.subset(RANKING_SAMPLES))
+        scorer = judge if len(candidates) <= FEW_LAYERS else judge.subset(RANKING_SAMPLES)
+        scored = _rank(req, candidates, layers, fixed_int8, scratch, scorer)
         ranking = [layer for layer, _ in scored]
-        search.ranking_method = (f"each layer alone in int8, the rest float, scored on "
-                                 f"{min(RANKING_SAMPLES, judge.samples)} validation samples")
+        search.ranking_method = (f"each layer alone in int8, the rest float, scored on {scorer.samples} "
+                                 "validation samples")
         search.ranking = [{"layer": layer.title, "name": layer.name, "op": layer.op, **q.to_dict()}
                           for layer, q in scored]
         search.exports += len(candidates)
@@ -257,29 +264,25 @@ def run(req: Request, out: Path, scratch: Callable[[str], Path], say: Progress) 
         last_fail = k
         k = len(order) if k < len(order) < 2 * k else 2 * k
     if first_pass is not None:
-        while first_pass - last_fail > 1:  # fewest: bisect between the last failure and the first pass
-            mid = (first_pass + last_fail) // 2
+        # Fewest: narrow down between the last failure and the first pass, each step alternately
+        # where the measured excess crosses 1 on the line between the two (a ranking sorted by
+        # added error gives a falling curve) and at the middle, so the bracket always halves.
+        interpolate = True
+        while first_pass - last_fail > 1:
+            mid = _between(last_fail, first_pass, tried, req.budgets) if interpolate else None
+            mid = mid if mid is not None else (first_pass + last_fail) // 2
+            interpolate = not interpolate
             if attempt(mid):
                 first_pass = mid
             else:
                 last_fail = mid
     best_k = first_pass if first_pass is not None else min(tried, key=lambda n: (_excess(tried[n][1], req.budgets), n))
     if best_k and edits.available:
-        # The tries were edits; the artifact is quantized again with the backend's own mechanism,
-        # as --keep-float would, and judged. Should that miss where the edit held, the edit stays.
-        final = req.export(scratch(f"final{best_k}"), replace(req.quant, keep_float=kept0 + tuple(order[:best_k])))
-        search.exports += 1
-        measured = judge.measure(final)
-        if _excess(measured, req.budgets) <= max(1.0, _excess(tried[best_k][1], req.budgets)):
-            _remove(tried[best_k][0])
-            tried[best_k] = (final, measured)
-        else:
-            # The backend's mechanism can leave more quantized than the edit (onnxruntime keeps an
-            # excluded Gemm's input quantized when the op before it is): the edit is the artifact.
-            _remove(final)
-            info.keep_float_mechanism = (f"the int8 model edited so those layers read float inputs "
-                                         f"({edits.reference}); {info.keep_float_mechanism} "
-                                         f"missed the budget there")
+        # The artifact is the edit that was measured: the graph the backend's own mechanism writes
+        # with those layers excluded, or one with fewer quantizers where it would keep an excluded
+        # op's input quantized (onnxruntime does for a Gemm after a quantized op).
+        info.keep_float_mechanism = (f"the int8 model edited so those layers read float inputs "
+                                     f"({edits.reference}), as {info.keep_float_mechanism} keeps them")
     search.edits = edits.count
     chosen, quality = tried[best_k]
     search.tried = [{"kept_in_float": n, "layers": [_title(layers, name) for name in order[:n]],
@@ -348,6 +351,17 @@ class _Edits:
             return None
         rows = judge.rows(RANKING_SAMPLES)
         return registry.load(self._record.sensitivity)(self._req.floating, self._base.path, candidates, rows)
+
+
+def _between(fail: int, passed: int, tried: dict[int, tuple[ExportResult, Quality]],
+             budgets: BudgetsConfig) -> int | None:
+    """The count between ``fail`` and ``passed`` where the excess measured at both crosses 1 on
+    the straight line between them; None where the two give no such line."""
+    high, low = _excess(tried[fail][1], budgets), _excess(tried[passed][1], budgets)
+    if not (math.isfinite(high) and high > 1.0 >= low):
+        return None
+    guess = fail + round((passed - fail) * (high - 1.0) / (high - low))
+    return min(max(guess, fail + 1), passed - 1)
 
 
 def _sqnr(q: Quality) -> float:

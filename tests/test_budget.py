@@ -89,8 +89,8 @@ def _check_search(artifact: dict, expected_kept: list[str]) -> dict:
     assert [t["passed"] for t in search["tried"]][-1] is True and not search["tried"][0]["passed"]
     if search["ranking_method"].startswith("error each layer adds"):
         assert search["ranking"][0]["added_nsr"] > 10 * search["ranking"][-1]["added_nsr"]
-        if search["edits"]:  # one run ranks; the tries are edits, and the final choice is quantized
-            assert search["exports"] == 2
+        if search["edits"]:  # one run ranks; the tries are edits, and the edit that held is the artifact
+            assert search["exports"] == 1
             assert search["edits"] == 1 + len(search["tried"]) - 1  # the first is the probe
         else:  # one run ranks; plain int8, then one quantization per try
             assert search["exports"] == len(search["tried"])
@@ -118,10 +118,10 @@ def test_onnx_budget_search_keeps_the_reader_of_the_outliers_in_float(outlier, t
     # the budget.
     q = _check_search(artifact, ["conv3"])
     assert q["mechanism"] == "onnxruntime quantize_static, CalibrationMethod.MinMax (its default)"
-    # nodes_to_exclude=[conv3] still quantizes conv3's input while conv2 is quantized, and misses;
-    # the edit, where conv3 reads conv2's float output, holds the budget and is the artifact.
+    # The edit, where conv3 reads conv2's float output, holds the budget and is the artifact
+    # (nodes_to_exclude=[conv3] would still quantize conv3's input while conv2 is quantized).
     assert q["keep_float_mechanism"].startswith("the int8 model edited so those layers read float inputs")
-    assert "onnxruntime quantize_static(nodes_to_exclude=...) missed the budget" in q["keep_float_mechanism"]
+    assert "as onnxruntime quantize_static(nodes_to_exclude=...) keeps them" in q["keep_float_mechanism"]
     assert report["budgets"] == {"limits": {"max_fidelity_drop": 1.0}, "passed": True}
     # The terminal says what was kept and why.
     assert "1 of 10 layers kept in float to meet the budget" in result.output and "conv3" in result.output
@@ -273,3 +273,15 @@ def test_budgets_on_a_path_without_float_layers_are_refused_before_any_work(tmp_
                   "-o", tmp_path / "out")
     assert result.exit_code == 2 and "no calibration data" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_the_narrowing_step_aims_where_the_measured_excess_crosses_the_budget():
+    from edgeopt.validate.evaluate import Quality
+
+    limits = recipe.BudgetsConfig(max_fidelity_drop=2.0)
+    quality = lambda drop: (None, Quality({}, None, drop, None))  # noqa: E731
+    # Excess 3 with 0 layers in float, 0.5 with 8: the line crosses 1 at 6.4.
+    assert budget._between(0, 8, {0: quality(6.0), 8: quality(1.0)}, limits) == 6
+    # Always strictly inside the bracket, and no guess without a falling line through 1.
+    assert budget._between(4, 6, {4: quality(100.0), 6: quality(0.0)}, limits) == 5
+    assert budget._between(0, 8, {0: quality(1.0), 8: quality(1.0)}, limits) is None

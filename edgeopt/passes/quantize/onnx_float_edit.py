@@ -8,9 +8,8 @@ prepared graph is kept per source when the int8 model is written, so the edit re
 those inputs, and a graph output N writes comes out of N in float again; Q/DQ nodes and
 initializers nobody reads any more are removed.
 
-An edit takes milliseconds where a quantization takes the calibration again: the accuracy-budget
-search ranks layers and tries its candidates on edits, and only its final choice is quantized
-with ``nodes_to_exclude`` (``edgeopt.budget``).
+An edit takes milliseconds where a quantization takes a quantize_static run: the accuracy-budget
+search tries its candidates on edits, and the edit that held is the artifact (``edgeopt.budget``).
 """
 
 from __future__ import annotations
