@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -200,3 +201,26 @@ def test_artifacts_that_are_not_a_list_of_objects_are_refused(tmp_path):
         path.write_text(json.dumps({"schema_version": SCHEMA_VERSION, "artifacts": artifacts}))
         with pytest.raises(InputRejected, match="'artifacts' field that is not a list of objects"):
             g.load_report(path)
+
+
+@pytest.mark.slow
+def test_a_report_from_before_the_typed_records_gates_against_one_written_now(tmp_path):
+    """The bundled digits CNN compressed by the previous version (its report.json, kept as it was
+    written) and by this one: gate reads both, pairs them by target and precision, and passes."""
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("ai_edge_litert")
+    root = Path(__file__).resolve().parents[2]
+    before = json.loads((Path(__file__).parent / "data" / "compress_report_before_typed_records.json").read_text())
+    now = subprocess.run([sys.executable, "-m", "edgeopt.cli", "compress", "examples/digits/digits_cnn.h5",
+                          "--target", "tflite", "--calib", "calibration_data/digits/calib.npz",
+                          "--val", "calibration_data/digits/val.npz", "-o", str(tmp_path / "now"), "--runs", "30",
+                          "-q"], capture_output=True, text=True, cwd=root, timeout=600)
+    assert now.returncode == 0, now.stderr
+    written = json.loads((tmp_path / "now" / "report.json").read_text())
+    assert written["schema_version"] == before["schema_version"] == SCHEMA_VERSION
+    assert set(before["artifacts"][0]) <= set(written["artifacts"][0])  # every key it had is still there
+    gated = _cli(tmp_path, before, written, "--max-accuracy-drop", "1", "--max-fidelity-drop", "1",
+                 "--max-size", "200000", "--markdown", str(tmp_path / "gate.md"))
+    assert gated.returncode == 0, gated.stdout + gated.stderr
+    table = (tmp_path / "gate.md").read_text()
+    assert "| tflite:int8 | accuracy_drop |" in table and "FAIL" not in table
