@@ -157,17 +157,23 @@ def test_tflite_budget_search_denylists_the_outlier_pair(outlier, tmp_path):
     assert [str(a) for a, _ in convs] == ["float32" if i in (2, 3) else "int8" for i in range(10)]
 
 
+def _searched(outlier: Path, target: str, tmp_path: Path) -> tuple[Path, dict]:
+    """The outlier ONNX model compressed for ``target`` within a 1-point fidelity budget."""
+    out = tmp_path / "out"
+    result = _cli("compress", outlier / "outlier.onnx", "--target", target, "--calib", outlier / "calib_nchw.npz",
+                  "--val", outlier / "val_nchw.npz", "-o", out, *FAST, "--max-fidelity-drop", "1")
+    assert result.exit_code == 0, result.output
+    (artifact,) = json.loads((out / "report.json").read_text())["artifacts"]
+    return out, artifact
+
+
 @pytest.mark.slow
 def test_tflite_budget_search_from_onnx_keeps_the_outlier_pair_in_float(outlier, tmp_path):
     pytest.importorskip("litert_torch")
     pytest.importorskip("ai_edge_quantizer")
     from conftest import tflite_ops
 
-    out = tmp_path / "out"
-    result = _cli("compress", outlier / "outlier.onnx", "--target", "tflite", "--calib", outlier / "calib_nchw.npz",
-                  "--val", outlier / "val_nchw.npz", "-o", out, *FAST, "--max-fidelity-drop", "1")
-    assert result.exit_code == 0, result.output
-    (artifact,) = json.loads((out / "report.json").read_text())["artifacts"]
+    out, artifact = _searched(outlier, "tflite", tmp_path)
     # ai-edge-quantizer leaves an op in float with float inputs, dequantizing what it reads: like
     # onnxruntime's nodes_to_exclude, conv3 needs the writer of the outliers, conv2, in float too.
     from ai_edge_litert.interpreter import Interpreter
@@ -189,11 +195,7 @@ def test_openvino_budget_search_ignores_the_conv_reading_the_outliers(outlier, t
     with no_telemetry():
         pytest.importorskip("openvino")
         pytest.importorskip("nncf")
-    out = tmp_path / "out"
-    result = _cli("compress", outlier / "outlier.onnx", "--target", "openvino", "--calib", outlier / "calib_nchw.npz",
-                  "--val", outlier / "val_nchw.npz", "-o", out, *FAST, "--max-fidelity-drop", "1")
-    assert result.exit_code == 0, result.output
-    (artifact,) = json.loads((out / "report.json").read_text())["artifacts"]
+    _out, artifact = _searched(outlier, "openvino", tmp_path)
     # NNCF quantizes a layer's inputs, so keeping the reader of the outlier tensor in float is enough.
     q = _check_search(artifact, ["conv3/WithoutBiases"])
     assert q["keep_float_mechanism"] == "NNCF nncf.quantize(ignored_scope=nncf.IgnoredScope(names=...))"

@@ -7,7 +7,6 @@ the artifact's.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any

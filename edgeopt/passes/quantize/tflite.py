@@ -25,6 +25,7 @@ from edgeopt.calibration import Subset
 from edgeopt.deps import quiet_stderr, require
 from edgeopt.exporters.base import ExportResult, FloatArtifact, Layer, layer_label, source_layer_names
 from edgeopt.exporters.tflite import conversion_error, make_converter, run_converter
+from edgeopt.frameworks.base import LoadedModel
 from edgeopt.passes.quantize.config import DEFAULT_QUANT, QuantConfig, check_quant
 
 # Ops never run in int8. The int8 DIV kernel refuses, at run time, any divisor that rounds to its
@@ -135,17 +136,25 @@ def keras_layers(floating: FloatArtifact, artifact: Path, *, calib: Subset,
     Read from the calibrated float model rather than the int8 artifact: there an op that writes a
     graph output is renamed ("Identity1") when a DEQUANTIZE takes over the output's name.
     """
+    return op_layers(calibrated(floating, calib), floating.model)
+
+
+def op_layers(flatbuffer: bytes, source: LoadedModel, *, integer_only: bool = False) -> list[Layer]:
+    """The compute ops of a TFLite model as layers, each named by its first output tensor (what
+    ``denylisted_nodes`` and ai-edge-quantizer's recipe entries pick ops by); with
+    ``integer_only``, only the ops that write an integer tensor (those quantized)."""
     litert = require("ai_edge_litert.interpreter", "Reading TFLite models")
-    interp = litert.Interpreter(model_content=calibrated(floating, calib),
+    interp = litert.Interpreter(model_content=flatbuffer,
                                 experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    tensors = {t["index"]: t["name"] for t in interp.get_tensor_details()}
-    keras_names = source_layer_names(floating.model)
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    names = source_layer_names(source)
     layers = []
     for op in interp._get_ops_details():
         if not op["outputs"] or op["op_name"] in ("QUANTIZE", "DEQUANTIZE"):
             continue
-        name = tensors[op["outputs"][0]]
-        layers.append(Layer(name=name, op=op["op_name"], label=layer_label([name], keras_names)))
+        written = tensors[op["outputs"][0]]
+        if not integer_only or np.dtype(written["dtype"]) in (np.int8, np.int16):
+            layers.append(Layer(name=written["name"], op=op["op_name"], label=layer_label([written["name"]], names)))
     return layers
 
 

@@ -21,14 +21,13 @@ import numpy as np
 from edgeopt.calibration import Subset
 from edgeopt.deps import require
 from edgeopt.errors import ConversionError
-from edgeopt.exporters.base import ExportResult, FloatArtifact, Layer, conversion_failure, layer_label, \
-    source_layer_names
+from edgeopt.exporters.base import ExportResult, FloatArtifact, Layer, conversion_failure
 from edgeopt.exporters.tflite_torch import LiteRTFloat, quiet
 from edgeopt.frameworks.base import LoadedModel
 from edgeopt.passes.quantize import tflite_ranges as range_rule
 from edgeopt.passes.quantize.config import DEFAULT_QUANT, QuantConfig, check_quant
-from edgeopt.passes.quantize.tflite import FLOAT_ONLY_OPS
 from edgeopt.model import Axes
+from edgeopt.passes.quantize.tflite import FLOAT_ONLY_OPS, op_layers
 
 
 def quantize(artifact: FloatArtifact, out: Path, *, precision: str, calib: Subset | None = None,
@@ -85,19 +84,7 @@ def quantized_layers(floating: FloatArtifact, artifact: Path, *, calib: Subset |
                      quant: QuantConfig = DEFAULT_QUANT) -> list[Layer]:
     """The ops ai-edge-quantizer quantized, named by their first output tensor, as the float
     artifact names it and the NO_QUANTIZE recipe entries pick it."""
-    litert = require("ai_edge_litert.interpreter", "Reading TFLite models")
-    interp = litert.Interpreter(model_path=str(artifact),
-                                experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    tensors = {t["index"]: t for t in interp.get_tensor_details()}
-    names = source_layer_names(floating.model)
-    layers = []
-    for op in interp._get_ops_details():
-        if not op["outputs"] or op["op_name"] in ("QUANTIZE", "DEQUANTIZE"):
-            continue
-        written = tensors[op["outputs"][0]]
-        if np.dtype(written["dtype"]) in (np.int8, np.int16):
-            layers.append(Layer(name=written["name"], op=op["op_name"], label=layer_label([written["name"]], names)))
-    return layers
+    return op_layers(Path(artifact).read_bytes(), floating.model, integer_only=True)
 
 
 def _recipe(precision: str, calib: Subset | None, int8_io: bool, per_channel: bool = True,

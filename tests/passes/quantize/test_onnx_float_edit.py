@@ -18,7 +18,6 @@ from edgeopt.frameworks import onnx as onnx_loader  # noqa: E402
 from edgeopt.model import Format  # noqa: E402
 from edgeopt.exporters.base import FloatArtifact  # noqa: E402
 from edgeopt.passes.quantize import convert, quantize  # noqa: E402
-from edgeopt.passes.quantize.onnx import quantized_layers  # noqa: E402
 
 
 def _reads_float_weights(path) -> dict[str, bool]:
