@@ -26,5 +26,9 @@ def path_status(kind: str, key: str) -> str:
     return "[green]ready[/]"
 
 
+# A path's quantize pass and layer lister need what its converter needs: its one row is "export".
+_SHOWN = {"loader": "loader", "converter": "export", "runtime": "runtime", "pass": "pass"}
+
+
 def path_rows() -> list[list[str]]:
-    return [[kind, key, path_status(kind, key)] for kind, key in entries()]
+    return [[_SHOWN[kind], key, path_status(kind, key)] for kind, key in entries() if kind in _SHOWN]

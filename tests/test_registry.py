@@ -72,9 +72,14 @@ def test_requirements_are_import_and_distribution_names():
     assert registry.requirements("converter", "keras->coreml") == ()
 
 
-def test_doctor_lists_every_entry():
+def test_doctor_lists_every_path_once():
     rows = doctor.path_rows()
-    assert [(kind, key) for kind, key, _status in rows] == registry.entries()
+    # A path's quantize pass and layer lister need what its converter needs: one row says it.
+    expected = [("export" if kind == "converter" else kind, key) for kind, key in registry.entries()
+                if kind not in ("quantizer", "quant-layers")]
+    assert [(kind, key) for kind, key, _status in rows] == expected
+    assert all(registry.requirements("quantizer", key) == registry.requirements("converter", key)
+               for kind, key in registry.entries() if kind == "quantizer")
 
 
 def test_a_float_edit_belongs_to_a_path_that_keeps_layers_in_float():
@@ -82,6 +87,6 @@ def test_a_float_edit_belongs_to_a_path_that_keeps_layers_in_float():
         if record.float_edit:
             assert record.keep_float and record.layers, record.key
             assert callable(registry.load(record.float_edit)), record.key
-        if record.sensitivity:  # a one-run ranking is tried on edits
-            assert record.float_edit, record.key
+        if record.sensitivity:  # a one-run ranking orders the layers a path keeps in float
+            assert record.keep_float and record.layers, record.key
             assert callable(registry.load(record.sensitivity)), record.key
