@@ -14,6 +14,7 @@ import tiny_models  # noqa: E402
 from conftest import assert_full_integer, run_tflite, tflite_ops  # noqa: E402
 from edgeopt.formats import detect_format  # noqa: E402
 from edgeopt.model import Format  # noqa: E402
+from edgeopt.exporters import tflite_torch  # noqa: E402
 from edgeopt.passes.quantize import export  # noqa: E402
 
 pytestmark = pytest.mark.slow  # litert-torch takes seconds to import and convert
@@ -107,11 +108,12 @@ def test_tensor_names_are_compacted_and_outputs_unchanged(torch_model, nchw_cali
     assert max(len(n) for n in names) < 120, max(names, key=len)
     assert not any(";" in n or "ChannelLastIOWrapper" in n or "edgeopt_user_model" in n for n in names)
     assert any(n.startswith("Residual_wrapped/") for n in names), names
-    # The same model with the long names put back runs to the same outputs and is larger.
+    # Unique: ai-edge-quantizer keys ranges by tensor name, and its recipe picks layers by them.
+    assert len(set(n for n in names if n)) == len([n for n in names if n])
+    # The same model with the long names put back (at conversion, where they are compacted) runs
+    # to the same outputs and is larger.
     raw = tmp_path / "raw.tflite"
-    from edgeopt.passes.quantize import tflite_aeq
-
-    monkeypatch.setattr(tflite_aeq, "compact_tensor_names", lambda path: None)
+    monkeypatch.setattr(tflite_torch, "compact_tensor_names", lambda path: None)
     export("torch->tflite", source, raw, precision="int8", calib=calib)
     long_names = [t.name.decode() for t in flatbuffer_utils.read_model(str(raw)).subgraphs[0].tensors]
     assert [long_names[i] for i in (*graph.inputs, *graph.outputs)] == [names[i] for i in (*graph.inputs, *graph.outputs)]
