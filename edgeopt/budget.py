@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import re
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -39,7 +38,7 @@ import numpy as np
 from edgeopt import calibration as cal
 from edgeopt import registry
 from edgeopt.errors import UsageError
-from edgeopt.exporters.base import ExportResult, FloatArtifact, Layer
+from edgeopt.exporters.base import ExportResult, FloatArtifact, Layer, relocated
 from edgeopt.passes.quantize.config import QuantConfig, check_quant
 from edgeopt.frameworks.base import LoadedModel
 from edgeopt.recipe import BudgetsConfig
@@ -202,7 +201,7 @@ def run(req: Request, out: Path, scratch: Callable[[str], Path], say: Progress) 
     if kept0:
         info.overrides = {"float": [_title(layers, n) for n in kept0],
                              "int8": [_title(layers, n) for n, p in forced.items() if p == "int8"]}
-        plain = _move(result, scratch("int8_plain"))
+        plain = relocated(result, scratch("int8_plain"))
         result = req.export(out, replace(req.quant, keep_float=kept0))
     info.keep_float = [_title(layers, n) for n in kept0]
     if not searching:
@@ -290,10 +289,10 @@ def run(req: Request, out: Path, scratch: Callable[[str], Path], say: Progress) 
                     for n in sorted(tried)]
     if best_k != 0:
         if plain is None:
-            plain = _move(result, scratch("int8_plain"))
+            plain = relocated(result, scratch("int8_plain"))
         else:
             _remove(result)
-        result = _move(chosen, out)
+        result = relocated(chosen, out)
     for n, (exported, _) in tried.items():
         if n not in (0, best_k):
             _remove(exported)
@@ -391,20 +390,6 @@ def _title(layers: list[Layer], name: str) -> str:
 
 def _since(started: float) -> float:
     return round(time.perf_counter() - started, 2)
-
-
-def _move(exported: ExportResult, to: Path) -> ExportResult:
-    """An artifact and the files that travel with it, renamed to ``to`` (same suffixes)."""
-    target = to.with_suffix(exported.path.suffix)
-    shutil.move(exported.path, target)
-    extras = []
-    for extra in exported.extra_files:
-        moved = target.with_suffix(extra.suffix)
-        shutil.move(extra, moved)
-        extras.append(moved)
-    # Exporters' notes name the file they wrote.
-    notes = [note.replace(exported.path.name, target.name) for note in exported.notes]
-    return replace(exported, path=target, extra_files=extras, notes=notes)
 
 
 def _remove(exported: ExportResult) -> None:

@@ -1,15 +1,18 @@
-"""What every exporter takes beyond the model (``QuantConfig``) and what it returns."""
+"""The convert stage's types: the float artifact a converter makes once per target and run, the
+artifacts made from it, and the layers they name."""
 
 from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from edgeopt.errors import ConversionError
 from edgeopt.frameworks.base import LoadedModel
+
 
 @dataclass(frozen=True)
 class Layer:
@@ -82,18 +85,25 @@ class FloatArtifact:
 
     def copy_to(self, out: Path) -> ExportResult:
         """The fp32 artifact as a file of its own at ``out`` (same suffixes)."""
-        target = out.with_suffix(self.path.suffix)
-        shutil.copyfile(self.path, target)
-        extras = []
-        for extra in self.extra_files:
-            extras.append(target.with_suffix(extra.suffix))
-            shutil.copyfile(extra, extras[-1])
-        notes = [note.replace(self.path.name, target.name) for note in self.notes]
-        return replace(self.result(), path=target, extra_files=extras, notes=notes)
+        return relocated(self.result(), out, shutil.copyfile)
 
     def remove(self) -> None:
         for file in self.files:
             file.unlink(missing_ok=True)
+
+
+def relocated(exported: ExportResult, to: Path, transfer: Callable[[Path, Path], object] = shutil.move
+              ) -> ExportResult:
+    """An artifact and the files that travel with it, moved (or copied: ``transfer``) to ``to``
+    with their own suffixes; notes that named the file name it there."""
+    target = to.with_suffix(exported.path.suffix)
+    transfer(exported.path, target)
+    extras = []
+    for extra in exported.extra_files:
+        extras.append(target.with_suffix(extra.suffix))
+        transfer(extra, extras[-1])
+    notes = [note.replace(exported.path.name, target.name) for note in exported.notes]
+    return replace(exported, path=target, extra_files=extras, notes=notes)
 
 
 def conversion_failure(tool: str, model: Path, exc: Exception) -> ConversionError:
