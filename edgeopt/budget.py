@@ -292,7 +292,8 @@ def run(req: Request, out: Path, scratch: Callable[[str], Path], say: Progress) 
             plain = relocated(result, scratch("int8_plain"))
         else:
             _remove(result)
-        result = relocated(chosen, out)
+        # What the quantizer said of the plain model (the ranges and weights it chose) holds for the edits too.
+        result = replace(relocated(chosen, out), notes=[*result.notes, *chosen.notes])
     for n, (exported, _) in tried.items():
         if n not in (0, best_k):
             _remove(exported)

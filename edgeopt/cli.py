@@ -313,7 +313,10 @@ def _list_layers(config, targets: tuple[str, ...] | None, quiet: bool) -> None:
 
 
 def _quantization_lines(a: dict) -> list[str]:
-    """The terminal's word on layers kept in float and on each budget."""
+    """The terminal's word on layers kept in float, on the fidelity guard and on each budget."""
+    from edgeopt.report import guard_line
+    from edgeopt.report_types import GUARD_CHECK
+
     name, q = Path(a["path"]).name, a.get("quantization") or {}
     lines = []
     search = q.get("search") or {}
@@ -323,11 +326,17 @@ def _quantization_lines(a: dict) -> list[str]:
         drops = [f"{kind} drop {before[key]:.3g} -> {after[key]:.3g} points"
                  for kind, key in (("fidelity", "fidelity_drop"), ("accuracy", "accuracy_drop"))
                  if before.get(key) is not None and after.get(key) is not None]
-        why = f" to meet the budget ({', '.join(drops)})" if search.get("needed") else " (overrides)"
+        goal = "to hold the fidelity guard" if a.get("guard") else "to meet the budget"
+        why = f" {goal} ({', '.join(drops)})" if search.get("needed") else " (overrides)"
         cost = q.get("latency_cost")
         lines.append(f"{name}: {len(kept)} of {q.get('layers')} layers kept in float{why}: {', '.join(kept)}"
                      + (f"; p50 {cost['percent']:+.1f}% against all-int8" if cost else ""))
+    guarded = guard_line(a)
+    if guarded:
+        lines.append(f"{name}: {guarded}")
     for c in a.get("budgets", []):
+        if c["budget"] == GUARD_CHECK:
+            continue
         value = "not measured" if c["value"] is None else f"{c['value']:,}" if isinstance(c["value"], int) \
             else f"{c['value']:.4g}"
         lines.append(f"{name}: {c['budget']} {c['limit']:g}: {value} {'ok' if c['passed'] else 'MISSED'}")

@@ -47,10 +47,18 @@ class BudgetMissed(GateFailed):
     """A compress run's artifact missed a budget; its outputs are written (``result``) for inspection."""
 
     def __init__(self, result) -> None:
-        failed = "; ".join(result.failed_budgets)
-        super().__init__(f"Budget missed: {failed}. The best artifact and its report are in '{result.output_dir}'.",
-                         hint="See report.md's budget section for the layers tried; loosen the budget, add "
-                              "calibration data, or try another calibration method.")
+        failed, guarded = result.failed_budgets, result.failed_guard
+        if guarded and len(guarded) == len(failed):
+            message = (f"Fidelity guard: {'; '.join(guarded)}, and no mix of layers kept out of int8 held the "
+                       f"limit. The best artifact and its report are in '{result.output_dir}'.")
+            hint = ("See report.md's search section for the layers tried; add calibration data, try another "
+                    "calibration method, set --max-fidelity-drop to the drop you accept, or pass --no-guard.")
+        else:
+            message = (f"Budget missed: {'; '.join(failed)}. The best artifact and its report are in "
+                       f"'{result.output_dir}'.")
+            hint = ("See report.md's budget section for the layers tried; loosen the budget, add calibration data, "
+                    "or try another calibration method.")
+        super().__init__(message, hint=hint)
         self.result = result
 
 

@@ -191,6 +191,9 @@ OPTIONS: tuple[Option, ...] = (
     # Text: the config reads "512KiB" and "2MB" as well as bytes.
     Option("budgets.max_size", "--max-size", "Largest allowed artifact size, e.g. 250000 or 512KiB (checked).",
            metavar="BYTES", parse=str),
+    Option("guard", "--no-guard",
+           "Turn off the fidelity guard, which searches for the layers to keep out of int8 when the artifact "
+           "drops more than 1 point against the source (budgets given replace it).", name="guard"),
     Option("validation.metric", "--metric", "Accuracy measure: top1, top5, or FILE.py:FUNCTION(outputs, labels)."),
     Option("validation.enabled", "--no-validate", "Skip fidelity, accuracy and latency measurement.",
            name="validate"),

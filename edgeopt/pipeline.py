@@ -14,7 +14,7 @@ import numpy as np
 
 from edgeopt import budget
 from edgeopt import calibration as cal
-from edgeopt import recipe, registry
+from edgeopt import guard, recipe, registry
 from edgeopt.errors import BudgetMissed, EdgeoptError, InputRejected, UsageError
 from edgeopt.doctor import missing_distributions
 from edgeopt.exporters.base import FloatArtifact, Layer
@@ -27,7 +27,7 @@ from edgeopt.outputs import OutputStage, check_output_dir
 from edgeopt.passes.base import PassContext
 from edgeopt.targets.base import op_summary, open_own_artifact
 from edgeopt.report import build_report, render_markdown, write_json
-from edgeopt.report_types import ArtifactEntry, QuantizationInfo
+from edgeopt.report_types import GUARD_CHECK, ArtifactEntry, QuantizationInfo
 from edgeopt.report_html import render_html
 from edgeopt.validate.evaluate import Metric, Quality, Reference
 from edgeopt.validate.latency import measure_interleaved
@@ -50,6 +50,14 @@ class Result:
         shown = lambda v: "not measured" if v is None else f"{v:,}" if isinstance(v, int) else f"{v:.4g}"  # noqa: E731
         return [f"{a['target']}: {c['budget']} {shown(c['value'])} (limit {c['limit']:g})"
                 for a in self.artifacts for c in a.get("budgets", []) if not c["passed"]]
+
+    @property
+    def failed_guard(self) -> list[str]:
+        """The artifacts the fidelity guard failed, each with its drop and the limit."""
+        return [f"the {a['target']} artifact drops {g['fidelity_drop']:.3g} points of {g['measure']} "
+                f"(limit {g['limit']:g})" if g.get("fidelity_drop") is not None
+                else f"the {a['target']} artifact was not measured"
+                for a in self.artifacts for g in [a.get("guard") or {}] if g and not g.get("held")]
 
     @property
     def artifacts(self) -> list[dict[str, Any]]:
@@ -256,6 +264,8 @@ def compress(config: recipe.CompressConfig, progress: Progress | None = None) ->
     if val is not None:
         say(f"Running the source model on {len(val)} validation samples")
         reference = Reference.of_model(source, val, metric)
+    guarding = guard.for_run(config, reference)
+    budgets = guarding.budgets(config.budgets) if guarding else config.budgets
 
     with OutputStage(out_dir) as stage:
         artifacts = []
@@ -284,9 +294,9 @@ def compress(config: recipe.CompressConfig, progress: Progress | None = None) ->
             outcome = None
             if config.precision == "int8" and calib is not None:
                 judge = budget.Judge(target, source, reference, config.validation.threads) \
-                    if reference is not None and config.budgets.drives_search() else None
+                    if reference is not None and budgets.drives_search() else None
                 request = budget.Request(target=target, key=key, export=export, floating=floating, calib=calib,
-                                         quant=quant, overrides=config.overrides, budgets=config.budgets, judge=judge)
+                                         quant=quant, overrides=config.overrides, budgets=budgets, judge=judge)
                 outcome = budget.run(request, stage.path(name), lambda tag, t=target: stage.dir / f".{stem}_{tag}.{t}",
                                      say)
                 result = outcome.result
@@ -302,7 +312,10 @@ def compress(config: recipe.CompressConfig, progress: Progress | None = None) ->
             entry, quality = _measure(target, source, variants, reference, config, say)
             if outcome is not None:
                 entry.quantization = _with_latency_cost(outcome.info, entry)
-            entry.budgets = _budget_checks(config, entry, quality)
+            entry.budgets = _budget_checks(budgets, entry, quality, guarding)
+            if guarding is not None:
+                searched = bool(outcome and outcome.info.search and outcome.info.search.needed)
+                entry.guard = guarding.judge(quality, searched=searched)
             facts = entry.to_dict()
             slow = slow_int8_warning(facts, io_tensors=len(source.handle.inputs) + len(source.handle.outputs))
             collapsed = collapse_warning(facts)
@@ -324,9 +337,14 @@ def compress(config: recipe.CompressConfig, progress: Progress | None = None) ->
         if len(stage_info) > 1:
             report["stages"] = _stage_table(stage_info, artifacts[0].to_dict())
         report["warnings"] = warnings
+        if guarding is not None:
+            report["guard"] = {"limit": round(guarding.limit, 4), "measure": guarding.measure,
+                               "samples": guarding.samples,
+                               "held": all((a.guard or {}).get("held", False) for a in artifacts)}
         if config.budgets.any():
             report["budgets"] = {"limits": {k: v for k, v in config.budgets.model_dump().items() if v is not None},
-                                 "passed": all(c["passed"] for a in artifacts for c in a.budgets)}
+                                 "passed": all(c["passed"] for a in artifacts for c in a.budgets
+                                               if c["budget"] != GUARD_CHECK)}
         say("Writing outputs")
         for a in report["artifacts"]:
             a["path"] = str(out_dir / Path(a["path"]).name)
@@ -351,12 +369,17 @@ def _with_latency_cost(info: QuantizationInfo, entry: ArtifactEntry) -> Quantiza
     return info
 
 
-def _budget_checks(config: recipe.CompressConfig, entry: ArtifactEntry,
-                   quality: Quality | None) -> list[dict[str, Any]]:
-    found = budget.checks(config.budgets, fidelity_drop=quality.fidelity_drop if quality else None,
+def _budget_checks(budgets: recipe.BudgetsConfig, entry: ArtifactEntry, quality: Quality | None,
+                   guarding: guard.Guard | None) -> list[dict[str, Any]]:
+    found = budget.checks(budgets, fidelity_drop=quality.fidelity_drop if quality else None,
                           accuracy_drop=quality.accuracy_drop if quality else None, speedup=entry.speedup,
                           size=entry.size_bytes)
-    return [c.to_dict() for c in found]
+    rows = [c.to_dict() for c in found]
+    if guarding is not None:  # the guard's drop is its own check, named as the guard
+        for row in rows:
+            if row["budget"] == "max_fidelity_drop":
+                row["budget"] = GUARD_CHECK
+    return rows
 
 
 @dataclass

@@ -149,6 +149,9 @@ class CompressConfig(_Strict):
     prune: PruneConfig | None = None
     distill: DistillConfig | None = None
     budgets: BudgetsConfig = BudgetsConfig()
+    # The fidelity guard (edgeopt.guard): int8 that drops more than a point against the source is
+    # searched for the layers to keep out of int8. Budgets set here replace it.
+    guard: bool = True
     # Layer/node-name regex (searched, as re.search) -> float or int8; the last match wins. A
     # pattern that matches no layer of an artifact is a warning in the output and the report.
     overrides: dict[str, Literal["float", "int8"]] = {}

@@ -102,7 +102,9 @@ _AEQ_CALIB = {"auto": "ai-edge-quantizer static recipe, min_max_uniform_quant, w
 _ORT_ = "onnxruntime quantize_static, CalibrationMethod."
 _ORT_CALIB = {"auto": _ORT_ + "MinMax (its default)", "minmax": _ORT_ + "MinMax",
               "percentile": _ORT_ + "Percentile (CalibPercentile)",
-              "entropy": _ORT_ + "Entropy (KL divergence, 2048-bin histograms)"}
+              "entropy": _ORT_ + "Entropy (KL divergence, 2048-bin histograms)",
+              "mse": "edgeopt range setting: per tensor, the range of least uint8 error among min/max, "
+                     "mean min/max, percentiles and clipped ranges, in onnxruntime's calibration cache"}
 _ORT_KEEP = "onnxruntime quantize_static(nodes_to_exclude=...)"
 _NNCF_ = "NNCF nncf.quantize, activations_range_estimator_params=RangeEstimatorParametersSet."
 _NNCF_CALIB = {"auto": "NNCF nncf.quantize defaults: activation ranges from the mean of per-sample "

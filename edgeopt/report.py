@@ -18,7 +18,7 @@ from typing import Any
 
 from edgeopt import __version__
 from edgeopt.deps import installed_versions
-from edgeopt.report_types import ArtifactEntry, plain
+from edgeopt.report_types import GUARD_CHECK, ArtifactEntry, plain
 
 SCHEMA_VERSION = 1
 
@@ -182,12 +182,31 @@ def stage_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def guard_line(a: dict[str, Any]) -> str | None:
+    """One sentence on the fidelity guard's verdict on artifact ``a``; the terminal and report.md say it."""
+    g = a.get("guard")
+    if not g:
+        return None
+    if g.get("fidelity_drop") is None:
+        return f"fidelity guard: not measured (limit {g['limit']:g} points of {g['measure']})"
+    interval = g.get("agreement_95")
+    told = (f"fidelity guard: {g['fidelity_drop']:.3g} points of {g['measure']} on {g['samples']} samples"
+            + (f" (top-1 agreement 95% interval {interval[0]:.3f}-{interval[1]:.3f})" if interval else "")
+            + f", limit {g['limit']:g}")
+    if g["held"]:
+        return told + (": held after the search" if g.get("searched") else ": held")
+    return told + ": MISSED" + (", no mix of layers kept out of int8 held it" if g.get("searched") else "")
+
+
 def quantization_lines(a: dict[str, Any]) -> list[str]:
     """report.md's section on how an artifact was quantized and the budget search, if any."""
-    q, checks = a.get("quantization") or {}, a.get("budgets") or []
-    if not q and not checks:
+    q, checks = a.get("quantization") or {}, [c for c in a.get("budgets") or [] if c["budget"] != GUARD_CHECK]
+    guarded = guard_line(a)
+    if not q and not checks and not guarded:
         return []
     lines = ["", f"## Quantization and budgets: `{Path(a['path']).name}`", ""]
+    if guarded:
+        lines.append(f"- {guarded[0].upper()}{guarded[1:]}")
     if q:
         method = f"percentile {q['percentile']:g}" if q.get("method") == "percentile" else q.get("method")
         lines.append(f"- Calibration: {method}, {'per-channel' if q.get('per_channel') else 'per-tensor'} weights, "

@@ -24,6 +24,10 @@ def plain(value: Any) -> Any:
     return value
 
 
+# The fidelity guard's check in artifacts[].budgets (edgeopt.guard).
+GUARD_CHECK = "fidelity_guard"
+
+
 class Record:
     def to_dict(self) -> dict[str, Any]:
         return plain(self)
@@ -92,4 +96,5 @@ class ArtifactEntry(Record):
     variants: dict[str, dict[str, Any]] | None = None
     quantization: QuantizationInfo | None = None
     budgets: list[dict[str, Any]] | None = None
+    guard: dict[str, Any] | None = None  # the fidelity guard's verdict (edgeopt.guard)
     notes: list[str] | None = None

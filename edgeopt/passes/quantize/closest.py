@@ -41,9 +41,10 @@ def closest(reference: list[np.ndarray], candidates: dict[str, list[np.ndarray]]
 
 
 def describe(subject: str, best: str, what: str, scores: dict, samples: int) -> str:
-    other = next(label for label in scores if label != best)
-    return (f"{subject}: {best}, chosen over {other} by {what} with the float model on {samples} calibration "
-            f"samples ({scores[best][0]:.4f} against {scores[other][0]:.4f}).")
+    others = [label for label in scores if label != best]
+    against = ", ".join(f"{scores[label][0]:.4f} {label}" for label in others)
+    return (f"{subject}: {best}, chosen over {' and '.join(others)} by {what} with the float model on {samples} "
+            f"calibration samples ({scores[best][0]:.4f} against {against}).")
 
 
 def stacked(per_sample: Iterator[list[np.ndarray]]) -> list[np.ndarray]:

@@ -33,6 +33,7 @@ from edgeopt.frameworks.base import LoadedModel
 from edgeopt.names import match_inputs
 from edgeopt.outputs import working_dir
 from edgeopt.passes.quantize import onnx_granularity as granularity
+from edgeopt.passes.quantize import onnx_range_setting
 from edgeopt.passes.quantize.config import DEFAULT_QUANT, QuantConfig, check_quant
 
 # Ops whose second input is a weight: in a full QDQ model it comes from a DequantizeLinear.
@@ -72,7 +73,7 @@ def quantize(artifact: FloatArtifact, out: Path, *, precision: str, calib: Subse
             weights = {t.name for t in proto.graph.initializer}
             names = [v.name for v in proto.graph.input if v.name not in weights]
             pairs = list(zip(names, match_inputs(names, source.handle.input_names)))
-            quantized, note = granularity.choose(
+            quantized, note, _chosen = granularity.choose(
                 lambda path, settings: _quantize_static(prepared, Path(tmp), path, artifact, calib, settings),
                 float_path, out, calib, quant, pairs)
             notes.append(note)
@@ -172,7 +173,8 @@ def _quantize_static(prepared: Path, tmp: Path, out: Path, artifact: FloatArtifa
     onnx = require("onnx", "Quantizing ONNX models")
     source = artifact.model
     names = [v.name for v in onnx.load(str(prepared), load_external_data=False).graph.input]
-    method = {"auto": ort_quant.CalibrationMethod.MinMax, "minmax": ort_quant.CalibrationMethod.MinMax, "percentile": ort_quant.CalibrationMethod.Percentile,
+    method = {"auto": ort_quant.CalibrationMethod.MinMax, "minmax": ort_quant.CalibrationMethod.MinMax,
+              "mse": ort_quant.CalibrationMethod.MinMax, "percentile": ort_quant.CalibrationMethod.Percentile,
               "entropy": ort_quant.CalibrationMethod.Entropy}[quant.method]
     extra = {"CalibPercentile": quant.percentile} if quant.method == "percentile" else {}
     ranges = _ranges(ort_quant, prepared, tmp, artifact, calib, quant, names)
@@ -236,6 +238,9 @@ def _ranges(ort_quant: Any, prepared: Path, tmp: Path, artifact: FloatArtifact, 
     cached = artifact.memo.get(("ranges", id(calib), quant.method, quant.percentile))
     if cached is not None:
         path.write_text(cached)
+    elif quant.method == "mse":
+        rules = onnx_range_setting.write_cache(prepared, calib, artifact.model.handle.input_names, path)
+        artifact.memo[("range rules", id(calib))] = rules
     elif quant.method == "entropy":
         # quantize_static gives its entropy calibrator 128 histogram bins for 128 quantized bins,
         # which leaves one candidate threshold, the full range: min/max under another name. ORT's

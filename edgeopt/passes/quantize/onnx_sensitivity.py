@@ -18,31 +18,107 @@ from edgeopt.deps import require
 from edgeopt.exporters.base import FloatArtifact, Layer
 from edgeopt.frameworks.base import LoadedModel
 from edgeopt.names import match_inputs
-from edgeopt.passes.quantize import sensitivity
 from edgeopt.passes.quantize.onnx import prepared_graph
 
 
 def added_error(floating: FloatArtifact, artifact: Path, layers: list[Layer], rows: list[dict[str, np.ndarray]]
                 ) -> dict[str, float] | None:
-    """Layer name -> the NSR it adds (0 or more) in ``artifact``, quantized from ``floating``; None
-    when its prepared graph is not known."""
+    """Layer name -> the NSR quantizing it alone adds at its output, in ``artifact`` (quantized
+    from ``floating``); None when its prepared graph is not known.
+
+    Each layer's copy reads the float graph's own inputs through the QuantizeLinear and
+    DequantizeLinear (and int8 weights) the int8 model gives it, so one run of one graph scores
+    every layer by the error its own quantization makes, with no error fed from upstream. A
+    ranking by the int8 model's error less its inputs' error put PP-OCRv4's worst layer, an SE
+    block's Mul whose input range is a thousand times its typical value, 147th of 292."""
     data = prepared_graph(floating)
-    source = floating.model
     if data is None:
         return None
     onnx = require("onnx", "Reading ONNX models")
     prepared = onnx.load_from_string(data)
     int8 = onnx.load(str(artifact))
-    wanted = {layer.name for layer in layers}
-    float_taps = _taps(prepared, wanted)
-    int8_taps = _taps(int8, wanted)
-    common = [name for name in float_taps if name in int8_taps]
-    if not common:
+    shadowed, taps = _shadow_graph(onnx, prepared, int8, {layer.name for layer in layers})
+    if not taps:
         return None
-    producer = {o: node.name for node in prepared.graph.node for o in node.output}
-    nodes = [(node.name, [producer[i] for i in node.input if i in producer]) for node in prepared.graph.node]
-    return sensitivity.added_error(common, _session(onnx, prepared, [float_taps[n] for n in common], source),
-                                   _session(onnx, int8, [int8_taps[n] for n in common], source), rows, nodes)
+    names = list(taps)
+    run = _session(onnx, shadowed, [t for name in names for t in taps[name]], floating.model)
+    noise, signal = np.zeros(len(names)), np.zeros(len(names))
+    for row in rows:
+        got = run(row)
+        for i in range(len(names)):
+            f = np.ascontiguousarray(got[2 * i], dtype=np.float32).ravel()
+            diff = f - np.asarray(got[2 * i + 1], dtype=np.float32).ravel()
+            noise[i] += float(np.dot(diff, diff))
+            signal[i] += float(np.dot(f, f))
+    return {name: float(noise[i] / signal[i]) if signal[i] > 0 else 0.0 for i, name in enumerate(names)}
+
+
+SHADOW = "__edgeopt_q"
+
+
+def _shadow_graph(onnx: Any, prepared: Any, int8: Any, names: set[str]) -> tuple[Any, dict[str, tuple[str, str]]]:
+    """The prepared float graph with, for each node of ``names`` the int8 model quantized, a copy
+    reading its inputs quantized as the int8 model quantizes them. Returns the graph and, per
+    layer, (its float output, its copy's output)."""
+    graph = onnx.ModelProto()
+    graph.CopyFrom(prepared)
+    producer = {o: node for node in int8.graph.node for o in node.output}
+    int8_nodes = {node.name: node for node in int8.graph.node}
+    weights = {t.name: t for t in int8.graph.initializer}
+    copied: dict[str, str] = {}  # int8 tensor -> its name in the shadow graph
+
+    def constant(name: str) -> str:
+        if name and name not in copied:
+            copied[name] = f"{name}{SHADOW}"
+            tensor = graph.graph.initializer.add()
+            tensor.CopyFrom(weights[name])
+            tensor.name = copied[name]
+        return copied.get(name, name)
+
+    def quantized_input(float_name: str, int8_name: str) -> str | None:
+        dq = producer.get(int8_name)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            return None
+        if int8_name in copied:
+            return copied[int8_name]
+        source = dq.input[0]
+        if source in weights:
+            first = constant(source)
+        else:
+            q = producer.get(source)
+            if q is None or q.op_type != "QuantizeLinear" or any(i and i not in weights for i in q.input[1:]):
+                return None
+            first = f"{source}{SHADOW}"
+            node = graph.graph.node.add()
+            node.CopyFrom(q)
+            node.name = f"{q.name}{SHADOW}"
+            node.input[:] = [float_name, *(constant(i) for i in q.input[1:])]
+            node.output[:] = [first]
+        if any(i and i not in weights for i in dq.input[1:]):
+            return None
+        node = graph.graph.node.add()
+        node.CopyFrom(dq)
+        node.name = f"{dq.name}{SHADOW}"
+        node.input[:] = [first, *(constant(i) for i in dq.input[1:])]
+        copied[int8_name] = f"{int8_name}{SHADOW}"
+        node.output[:] = [copied[int8_name]]
+        return copied[int8_name]
+
+    taps: dict[str, tuple[str, str]] = {}
+    for node in list(prepared.graph.node):
+        quant = int8_nodes.get(node.name)
+        if node.name not in names or quant is None or len(quant.input) != len(node.input) or not node.output:
+            continue
+        inputs = [quantized_input(f, q) if f else f for f, q in zip(node.input, quant.input)]
+        if not any(inputs):
+            continue
+        copy = graph.graph.node.add()
+        copy.CopyFrom(node)
+        copy.name = f"{node.name}{SHADOW}"
+        copy.input[:] = [q or f for q, f in zip(inputs, node.input)]
+        copy.output[:] = [f"{o}{SHADOW}" if o else o for o in node.output]
+        taps[node.name] = (node.output[0], copy.output[0])
+    return graph, taps
 
 
 def _taps(model: Any, names: set[str]) -> dict[str, str]:
