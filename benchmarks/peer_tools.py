@@ -53,7 +53,8 @@ def _rows(calib: list[np.ndarray]) -> Iterator[list[np.ndarray]]:
         yield [a[i] if isinstance(a, list) else a[i:i + 1] for a in calib]
 
 
-def tflite_converter(source: Source, calib: list[np.ndarray], out: Path) -> list[Path]:
+def tflite_converter(source: Source, calib: list[np.ndarray], out: Path, *, int16_activations: bool = False
+                     ) -> list[Path]:
     """TFLite converter, full-integer PTQ with float input/output (the guide's default recipe)."""
     import keras
     import tensorflow as tf
@@ -66,7 +67,9 @@ def tflite_converter(source: Source, calib: list[np.ndarray], out: Path) -> list
                                                                                          compile=False))
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: _rows(calib)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8 if int16_activations
+            else tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         out.write_bytes(converter.convert())
     return [out]
 
@@ -110,7 +113,7 @@ def ai_edge_quantizer(source: Source, calib: list[np.ndarray], out: Path) -> lis
     return [out]
 
 
-def onnxruntime_quantize_static(source: Source, calib: list[np.ndarray], out: Path) -> list[Path]:
+def onnxruntime_quantize_static(source: Source, calib: list[np.ndarray], out: Path, **settings) -> list[Path]:
     """``quant_pre_process`` then ``quantize_static`` with every default (QDQ, S8S8, per-tensor, MinMax)."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, quant_pre_process, quantize_static
@@ -128,11 +131,11 @@ def onnxruntime_quantize_static(source: Source, calib: list[np.ndarray], out: Pa
     with quiet(), tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(source.fp32_onnx), str(pre))
-        quantize_static(str(pre), str(out), Reader())
+        quantize_static(str(pre), str(out), Reader(), **settings)
     return [out]
 
 
-def nncf_quantize(source: Source, calib: list[np.ndarray], out: Path) -> list[Path]:
+def nncf_quantize(source: Source, calib: list[np.ndarray], out: Path, **settings) -> list[Path]:
     """OpenVINO's own converter, then ``nncf.quantize`` with its defaults (preset, subset of 300)."""
     import nncf
     import openvino as ov
@@ -152,6 +155,26 @@ def nncf_quantize(source: Source, calib: list[np.ndarray], out: Path) -> list[Pa
         else:
             model = ov.convert_model(source.module, example_input=source.example, input=shapes)
         dataset = nncf.Dataset(list(_rows(calib)), lambda row: row if len(row) > 1 else row[0])
-        quantized = nncf.quantize(model, dataset)
+        quantized = nncf.quantize(model, dataset, **settings)
         ov.save_model(quantized, str(out.with_suffix(".xml")))
     return [out.with_suffix(".xml"), out.with_suffix(".bin")]
+
+
+# --- each peer's best documented settings ------------------------------------------------------
+
+def tflite_converter_16x8(source: Source, calib: list[np.ndarray], out: Path) -> list[Path]:
+    """TFLite converter's 16x8 mode: int16 activations, int8 weights (its documented accuracy option)."""
+    return tflite_converter(source, calib, out, int16_activations=True)
+
+
+def onnxruntime_percentile_per_channel(source: Source, calib: list[np.ndarray], out: Path) -> list[Path]:
+    """``quantize_static`` with per-channel weights and the Percentile calibrator (99.999)."""
+    from onnxruntime.quantization import CalibrationMethod
+
+    return onnxruntime_quantize_static(source, calib, out, per_channel=True,
+                                       calibrate_method=CalibrationMethod.Percentile)
+
+
+def nncf_full_bias_correction(source: Source, calib: list[np.ndarray], out: Path) -> list[Path]:
+    """``nncf.quantize(fast_bias_correction=False)``: NNCF's slower, more accurate bias correction."""
+    return nncf_quantize(source, calib, out, fast_bias_correction=False)

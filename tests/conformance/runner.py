@@ -85,8 +85,9 @@ def score(fidelity: dict[str, Any] | None, task: str) -> float | None:
 
 
 def peer_defaults(case: zoo.Case, target: str, work: Path, calib: Path, val: Path,
-                  fp32_onnx: Path | None) -> dict[str, dict[str, Any]]:
-    """Each peer's documented default int8 recipe for this source and target, judged alike."""
+                  fp32_onnx: Path | None, *, best: bool = False) -> dict[str, dict[str, Any]]:
+    """Each peer's documented default int8 recipe for this source and target, judged alike; with
+    ``best``, each peer's best documented settings instead."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import peer_tools
 
@@ -116,6 +117,14 @@ def peer_defaults(case: zoo.Case, target: str, work: Path, calib: Path, val: Pat
         "onnx": [("ORT quantize_static", peer_tools.onnxruntime_quantize_static)] if onnx_path else [],
         "openvino": [("nncf.quantize", peer_tools.nncf_quantize)],
     }[target]
+    if best:
+        recipes = {
+            "tflite": [("TFLite converter 16x8", peer_tools.tflite_converter_16x8)] if keras_path or saved_model
+            else [],
+            "onnx": [("ORT per-channel, Percentile", peer_tools.onnxruntime_percentile_per_channel)]
+            if onnx_path else [],
+            "openvino": [("nncf.quantize, full bias correction", peer_tools.nncf_full_bias_correction)],
+        }[target]
     found: dict[str, dict[str, Any]] = {}
     for name, recipe in recipes:
         # onnxruntime's pre-processing drops its temporary files into the working folder.
