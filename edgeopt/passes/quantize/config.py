@@ -25,6 +25,8 @@ class QuantConfig:
     percentile: float = DEFAULT_PERCENTILE
     per_channel: bool = True
     keep_float: tuple[str, ...] = ()
+    # edgeopt's empirical bias correction after the backend quantizes (ONNX: onnx_bias_correction)
+    bias_correction: bool = False
 
     def describe(self) -> str:
         method = {"percentile": f"percentile {self.percentile:g}", "auto": "the backend's default"}.get(self.method,

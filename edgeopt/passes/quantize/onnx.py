@@ -40,6 +40,8 @@ from edgeopt.passes.quantize.config import DEFAULT_QUANT, QuantConfig, check_qua
 WEIGHTED_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
 INT8_IO_NOTE = "--int8-io applies to TFLite only; the ONNX artifact keeps float inputs and outputs."
 Q_DQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+BIAS_CORRECTION_SAMPLES = 32  # calibration samples the bias shifts are measured on
+RANGES_OF = {"auto": "minmax"}  # calibration methods that share another's ranges
 
 
 def quantize(artifact: FloatArtifact, out: Path, *, precision: str, calib: Subset | None = None,
@@ -192,8 +194,15 @@ def _quantize_static(prepared: Path, tmp: Path, out: Path, artifact: FloatArtifa
     except Exception as exc:
         raise conversion_failure("onnxruntime quantize_static", source.handle.path, exc) from exc
     quantized = _drop_zero_bias_offsets(onnx, out)
+    if quant.bias_correction:
+        from edgeopt.passes.quantize import onnx_bias_correction
+
+        rows = [row for row, _ in zip(calib, range(BIAS_CORRECTION_SAMPLES))]
+        if onnx_bias_correction.correct(artifact, out, rows):
+            quantized = onnx.load(str(out))
     if ranges is not None and ranges.is_file():
-        artifact.memo[("ranges", id(calib), quant.method, quant.percentile)] = ranges.read_text()
+        artifact.memo[("ranges", id(calib), RANGES_OF.get(quant.method, quant.method), quant.percentile)] = \
+            ranges.read_text()
     return quantized
 
 
@@ -235,12 +244,16 @@ def _ranges(ort_quant: Any, prepared: Path, tmp: Path, artifact: FloatArtifact, 
     if "calibration_cache_path" not in inspect.signature(ort_quant.quantize_static).parameters:
         return None
     path = tmp / "ranges.json"
-    cached = artifact.memo.get(("ranges", id(calib), quant.method, quant.percentile))
+    key = ("ranges", id(calib), RANGES_OF.get(quant.method, quant.method), quant.percentile)
+    if key not in artifact.memo and key[2] in onnx_range_setting.CACHES:
+        # One pass over the calibration data gives min/max (onnxruntime's MinMax, computed alike)
+        # and edgeopt's ranges: both candidates of the plain int8 model, calibrated once.
+        for method, text in onnx_range_setting.caches(prepared, calib, artifact.model.handle.input_names,
+                                                     tmp).items():
+            artifact.memo[("ranges", id(calib), method, quant.percentile)] = text
+    cached = artifact.memo.get(key)
     if cached is not None:
         path.write_text(cached)
-    elif quant.method == "mse":
-        rules = onnx_range_setting.write_cache(prepared, calib, artifact.model.handle.input_names, path)
-        artifact.memo[("range rules", id(calib))] = rules
     elif quant.method == "entropy":
         # quantize_static gives its entropy calibrator 128 histogram bins for 128 quantized bins,
         # which leaves one candidate threshold, the full range: min/max under another name. ORT's

@@ -1,9 +1,9 @@
-"""edgeopt's activation ranges for an ONNX graph (``range_setting``), in the calibration cache
-onnxruntime's ``quantize_static`` reads instead of calibrating itself.
+"""Activation ranges for an ONNX graph, in the calibration cache onnxruntime's ``quantize_static``
+reads instead of calibrating itself: min/max, and edgeopt's (``range_setting``).
 
 Every float tensor of the prepared graph becomes an output; one run per calibration sample
 gathers each tensor's min/max and a subsample of its values (from the first
-``SAMPLES_WITH_VALUES`` samples), and each tensor gets the range of least uint8 error.
+``SAMPLES_WITH_VALUES`` samples).
 """
 
 from __future__ import annotations
@@ -21,12 +21,32 @@ from edgeopt.passes.quantize import range_setting
 SAMPLES_WITH_VALUES = 32
 
 
-def write_cache(prepared: Path, calib: Subset, source_names: list[str], path: Path) -> dict[str, str]:
-    """Choose every float tensor's range on ``calib`` and write them to ``path`` as onnxruntime's
-    calibration cache (MinMax records); returns tensor -> the rule chosen."""
+CACHES = ("minmax", "mse")  # the calibration methods one pass gives ranges for
+
+
+def caches(prepared: Path, calib: Subset, source_names: list[str], tmp: Path) -> dict[str, str]:
+    """Method -> onnxruntime calibration cache (JSON text, MinMax records) of every float tensor of
+    ``prepared`` on ``calib``: "minmax" as onnxruntime's MinMax calibrator computes it, "mse" the
+    ranges of least uint8 error."""
+    ort_quant = require("onnxruntime.quantization", "Quantizing ONNX models")
+    seen = collect(prepared, calib, source_names)
+    found = {}
+    for method in CACHES:
+        records = {}
+        for name, values in seen.items():
+            lo, hi, _rule = range_setting.choose(values) if method == "mse" else (values.low, values.high, "minmax")
+            records[name] = ort_quant.calibrate.TensorData(lowest=np.float32(lo), highest=np.float32(hi))
+        path = tmp / f"ranges_{method}.json"
+        ort_quant.save_tensors_data(ort_quant.calibrate.TensorsData(ort_quant.CalibrationMethod.MinMax, records),
+                                    path)
+        found[method] = path.read_text()
+    return found
+
+
+def collect(prepared: Path, calib: Subset, source_names: list[str]) -> dict[str, range_setting.TensorValues]:
+    """What every float tensor of ``prepared`` takes on ``calib``, from one run per sample."""
     onnx = require("onnx", "Quantizing ONNX models")
     ort = require("onnxruntime", "Quantizing ONNX models")
-    ort_quant = require("onnxruntime.quantization", "Quantizing ONNX models")
     model = onnx.load(str(prepared))
     graph_inputs = {v.name for v in model.graph.input}
     floats = [n for n in _float_tensors(onnx, model) if n not in graph_inputs]
@@ -44,23 +64,13 @@ def write_cache(prepared: Path, calib: Subset, source_names: list[str], path: Pa
     seen = {name: range_setting.TensorValues() for name in [*inputs, *floats]}
     for i, row in enumerate(calib):
         feed = {name: row[source] for name, source in pairs}
-        outputs = session.run(floats, feed)
-        for name, value in zip(floats, outputs):
+        keep = i < SAMPLES_WITH_VALUES
+        for name, value in zip(floats, session.run(floats, feed)):
             if value.dtype.kind == "f":
-                seen[name].add(value, keep_values=i < SAMPLES_WITH_VALUES)
+                seen[name].add(value, keep_values=keep)
         for name in inputs:
-            if name in seen:
-                seen[name].add(feed[name], keep_values=i < SAMPLES_WITH_VALUES)
-    chosen, rules = {}, {}
-    for name, values in seen.items():
-        if not values.sample_lows:
-            continue
-        lo, hi, rule = range_setting.choose(values)
-        chosen[name] = ort_quant.calibrate.TensorData(lowest=np.float32(lo), highest=np.float32(hi))
-        rules[name] = rule
-    ort_quant.save_tensors_data(
-        ort_quant.calibrate.TensorsData(ort_quant.CalibrationMethod.MinMax, chosen), path)
-    return rules
+            seen[name].add(feed[name], keep_values=keep)
+    return {name: values for name, values in seen.items() if values.sample_lows}
 
 
 def _float_tensors(onnx: Any, model: Any) -> list[str]:

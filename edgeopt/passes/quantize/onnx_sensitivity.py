@@ -1,9 +1,10 @@
-"""How much error each layer of an int8 ONNX model adds, from one run of it and of its float graph.
+"""How much error each layer of an int8 ONNX model makes by its own quantization, from one run.
 
-Every quantized node's output is made a graph output, in the int8 model and in the prepared float
-graph it was quantized from; both run once on a few samples (``sensitivity.added_error``). The
-budget search orders layers by that, then tries the most harmful first on edits of the int8 model
-(``onnx_float_edit``), where a ranking by tries took one judging run per layer.
+Each quantized node gets a copy in the prepared float graph it was quantized from, reading that
+graph's float tensors through the int8 model's own QuantizeLinear/DequantizeLinear pairs and int8
+weights; one run of that graph on a few samples gives every layer's noise-to-signal ratio at its
+output. The budget search orders layers by it, then tries the most harmful first on edits of the
+int8 model (``onnx_float_edit``), where a ranking by tries took one judging run per layer.
 """
 
 from __future__ import annotations
@@ -37,11 +38,11 @@ def added_error(floating: FloatArtifact, artifact: Path, layers: list[Layer], ro
     onnx = require("onnx", "Reading ONNX models")
     prepared = onnx.load_from_string(data)
     int8 = onnx.load(str(artifact))
-    shadowed, taps = _shadow_graph(onnx, prepared, int8, {layer.name for layer in layers})
+    shadowed, taps = shadow_graph(onnx, prepared, int8, {layer.name for layer in layers})
     if not taps:
         return None
     names = list(taps)
-    run = _session(onnx, shadowed, [t for name in names for t in taps[name]], floating.model)
+    run = tapped_session(onnx, shadowed, [t for name in names for t in taps[name]], floating.model)
     noise, signal = np.zeros(len(names)), np.zeros(len(names))
     for row in rows:
         got = run(row)
@@ -56,7 +57,7 @@ def added_error(floating: FloatArtifact, artifact: Path, layers: list[Layer], ro
 SHADOW = "__edgeopt_q"
 
 
-def _shadow_graph(onnx: Any, prepared: Any, int8: Any, names: set[str]) -> tuple[Any, dict[str, tuple[str, str]]]:
+def shadow_graph(onnx: Any, prepared: Any, int8: Any, names: set[str]) -> tuple[Any, dict[str, tuple[str, str]]]:
     """The prepared float graph with, for each node of ``names`` the int8 model quantized, a copy
     reading its inputs quantized as the int8 model quantizes them. Returns the graph and, per
     layer, (its float output, its copy's output)."""
@@ -126,7 +127,7 @@ def _taps(model: Any, names: set[str]) -> dict[str, str]:
     return {node.name: node.output[0] for node in model.graph.node if node.name in names and node.output}
 
 
-def _session(onnx: Any, model: Any, tensors: list[str], source: LoadedModel) -> Callable[[dict], list[np.ndarray]]:
+def tapped_session(onnx: Any, model: Any, tensors: list[str], source: LoadedModel) -> Callable[[dict], list[np.ndarray]]:
     """``row -> [tensors of model for it]``: an ONNX Runtime session with those tensors as outputs."""
     ort = require("onnxruntime", "Running ONNX models")
     tapped = onnx.ModelProto()

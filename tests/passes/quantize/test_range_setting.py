@@ -66,14 +66,20 @@ def test_the_onnx_cache_carries_the_chosen_ranges_into_the_int8_model(tmp_path):
     source = load(path, Format.ONNX, trust=False)
     data = cal.open_data(tmp_path / "calib.npz", source.handle.inputs, cal.ImageOptions(), role="calibration")
     subset, _ = cal.select(data, samples=64, seed=0)
-    rules = onnx_range_setting.write_cache(path, subset, source.handle.input_names, tmp_path / "ranges.json")
-    assert set(rules) == {"x", "y", "z"}
+    texts = onnx_range_setting.caches(path, subset, source.handle.input_names, tmp_path)
     from onnxruntime.quantization import load_tensors_data
 
     expected = range_setting.TensorValues()
     for i, row in enumerate(subset):  # min/max on every sample, values from the first few
         expected.add(row["x"], keep_values=i < onnx_range_setting.SAMPLES_WITH_VALUES)
     lo, hi, rule = range_setting.choose(expected)
-    cached = load_tensors_data(str(tmp_path / "ranges.json")).data["x"].range_value
-    assert rules["x"] == rule and (float(cached[0]), float(cached[1])) == pytest.approx((lo, hi), rel=1e-6)
+    ranges = {}
+    for method, text in texts.items():
+        (tmp_path / f"{method}.json").write_text(text)
+        ranges[method] = load_tensors_data(str(tmp_path / f"{method}.json")).data
+    assert set(ranges["mse"]) == set(ranges["minmax"]) == {"x", "y", "z"}
+    chosen = ranges["mse"]["x"].range_value
+    assert (float(chosen[0]), float(chosen[1])) == pytest.approx((lo, hi), rel=1e-6)
+    minmax = ranges["minmax"]["x"].range_value  # what onnxruntime's MinMax calibrator finds
+    assert (float(minmax[0]), float(minmax[1])) == pytest.approx((float(x.min()), float(x.max())), rel=1e-6)
     assert rule != "minmax" and (lo > expected.low or hi < expected.high)  # the long tail is clipped

@@ -1,6 +1,6 @@
-"""The error each layer of an int8 model adds, from one run of it and of its float model (ONNX
-Runtime and OpenVINO): the layer that reads the outlier tensor of the outlier net comes first, and
-the others add next to nothing."""
+"""The error each layer of an int8 model makes by its own quantization, from one run of its float
+model (ONNX Runtime and OpenVINO): the layer that reads the outlier tensor of the outlier net
+comes first, and the others make next to nothing."""
 
 from __future__ import annotations
 
