@@ -329,8 +329,10 @@ def _quantization_lines(a: dict) -> list[str]:
         goal = "to hold the fidelity guard" if a.get("guard") else "to meet the budget"
         why = f" {goal} ({', '.join(drops)})" if search.get("needed") else " (overrides)"
         cost = q.get("latency_cost")
+        size = q.get("size_cost")
+        costs = [f"p50 {cost['percent']:+.1f}%" if cost else "", f"size {size['percent']:+.1f}%" if size else ""]
         lines.append(f"{name}: {len(kept)} of {q.get('layers')} layers kept in float{why}: {', '.join(kept)}"
-                     + (f"; p50 {cost['percent']:+.1f}% against all-int8" if cost else ""))
+                     + (f"; {', '.join(c for c in costs if c)} against all-int8" if any(costs) else ""))
     guarded = guard_line(a)
     if guarded:
         lines.append(f"{name}: {guarded}")

@@ -264,7 +264,13 @@ def compress(config: recipe.CompressConfig, progress: Progress | None = None) ->
     if val is not None:
         say(f"Running the source model on {len(val)} validation samples")
         reference = Reference.of_model(source, val, metric)
-    guarding = guard.for_run(config, reference)
+    # The guard judges what quantization did: against the model quantized, which after pruning or
+    # distillation is not the source (budgets and the report compare with the source).
+    guarded = reference
+    if reference is not None and model is not source and config.guard and not config.budgets.drives_search():
+        say(f"Running the {stage_info[-1][0]} model on {len(val)} validation samples")
+        guarded = Reference.of_model(model, val, metric)
+    guarding = guard.for_run(config, guarded)
     budgets = guarding.budgets(config.budgets) if guarding else config.budgets
 
     with OutputStage(out_dir) as stage:
@@ -293,7 +299,7 @@ def compress(config: recipe.CompressConfig, progress: Progress | None = None) ->
             export = _quantizing(config, floating, calib)
             outcome = None
             if config.precision == "int8" and calib is not None:
-                judge = budget.Judge(target, source, reference, config.validation.threads) \
+                judge = budget.Judge(target, source, guarded if guarding else reference, config.validation.threads) \
                     if reference is not None and budgets.drives_search() else None
                 request = budget.Request(target=target, key=key, export=export, floating=floating, calib=calib,
                                          quant=quant, overrides=config.overrides, budgets=budgets, judge=judge)
@@ -312,10 +318,14 @@ def compress(config: recipe.CompressConfig, progress: Progress | None = None) ->
             entry, quality = _measure(target, source, variants, reference, config, say)
             if outcome is not None:
                 entry.quantization = _with_latency_cost(outcome.info, entry)
-            entry.budgets = _budget_checks(budgets, entry, quality, guarding)
+            guard_quality = quality if guarded is reference or quality is None else guarded.measure(
+                open_own_artifact(target, result.path, source, threads=config.validation.threads))
+            entry.budgets = _budget_checks(budgets, entry, guard_quality if guarding else quality, guarding)
             if guarding is not None:
                 searched = bool(outcome and outcome.info.search and outcome.info.search.needed)
-                entry.guard = guarding.judge(quality, searched=searched)
+                entry.guard = guarding.judge(guard_quality, searched=searched)
+                if guarded is not reference:
+                    entry.guard["against"] = f"the {stage_info[-1][0]} float model"
             facts = entry.to_dict()
             slow = slow_int8_warning(facts, io_tensors=len(source.handle.inputs) + len(source.handle.outputs))
             collapsed = collapse_warning(facts)
@@ -362,10 +372,15 @@ def compress(config: recipe.CompressConfig, progress: Progress | None = None) ->
 
 def _with_latency_cost(info: QuantizationInfo, entry: ArtifactEntry) -> QuantizationInfo:
     """What keeping layers in float cost: the artifact's p50 against the all-int8 one, measured interleaved."""
-    plain = (entry.variants or {}).get(PLAIN_INT8, {}).get("latency_ms")
+    variant = (entry.variants or {}).get(PLAIN_INT8, {})
+    plain = variant.get("latency_ms")
     if plain and entry.latency_ms:
         p50, base = entry.latency_ms["p50"], plain["p50"]
         info.latency_cost = {"int8_p50_ms": base, "p50_ms": p50, "percent": round(100.0 * (p50 / base - 1.0), 1)}
+    size = variant.get("fp32_size_bytes")  # the variant's size on disk (named as the baseline's is)
+    if size:
+        info.size_cost = {"int8_bytes": size, "bytes": entry.size_bytes,
+                          "percent": round(100.0 * (entry.size_bytes / size - 1.0), 1)}
     return info
 
 

@@ -191,6 +191,7 @@ def guard_line(a: dict[str, Any]) -> str | None:
         return f"fidelity guard: not measured (limit {g['limit']:g} points of {g['measure']})"
     interval = g.get("agreement_95")
     told = (f"fidelity guard: {g['fidelity_drop']:.3g} points of {g['measure']} on {g['samples']} samples"
+            + (f" against {g['against']}" if g.get("against") else "")
             + (f" (top-1 agreement 95% interval {interval[0]:.3f}-{interval[1]:.3f})" if interval else "")
             + f", limit {g['limit']:g}")
     if g["held"]:
@@ -219,6 +220,10 @@ def quantization_lines(a: dict[str, Any]) -> list[str]:
     if cost:
         lines.append(f"- Latency cost: p50 {cost['p50_ms']:.3f} ms against {cost['int8_p50_ms']:.3f} ms with every "
                      f"layer in int8 ({cost['percent']:+.1f}%)")
+    size = q.get("size_cost")
+    if size:
+        lines.append(f"- Size cost: {size['bytes']:,} bytes against {size['int8_bytes']:,} with every layer in int8 "
+                     f"({size['percent']:+.1f}%)")
     for c in checks:
         value = "not measured" if c["value"] is None else f"{c['value']:,}" if isinstance(c["value"], int) \
             else f"{c['value']:.4g}"

@@ -64,6 +64,7 @@ class QuantizationInfo(Record):
     keep_float: list[str] | None = None
     search: SearchInfo | None = None
     latency_cost: dict[str, float] | None = None
+    size_cost: dict[str, float] | None = None  # the artifact's size against all-int8
 
 
 @dataclass

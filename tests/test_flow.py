@@ -19,7 +19,7 @@ STAGES = (
     ("quantize", ("passes.quantize",)),
     ("runtimes", ("targets",)),
     ("validate", ("validate",)),
-    ("budget", ("budget",)),
+    ("budget", ("budget", "guard")),
     ("commands", ("pipeline", "validate.job", "validate.gate", "report", "report_html", "api", "cli", "jobs",
                   "worker", "supervisor")),
 )

@@ -26,7 +26,8 @@ from edgeopt.targets.litert import default_threads  # noqa: E402
 
 MODELS = ("conv", "depthwise", "dense", "batchnorm", "residual", "concat", "pooling", "two_input")
 VAL_SAMPLES = 20
-FAST = {"runs": 5, "warmup": 1}
+# Random-weight nets prove the plumbing, not accuracy: the fidelity guard is off for them.
+FAST = {"runs": 5, "warmup": 1, "guard": False}
 
 
 def _sha256(path: Path) -> str:

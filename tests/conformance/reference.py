@@ -33,16 +33,23 @@ def floor(reference: float, task: str, samples: int) -> float:
 
 def cell_entry(row: dict[str, Any]) -> dict[str, Any]:
     """One target's entry from a runner row."""
-    if row["rc"] != 0:
-        lines = [line.strip() for line in row.get("error", "").splitlines() if line.strip()]
-        said = next((line for line in lines if line.lower().startswith("error")), lines[-1] if lines else "")
-        return {"exit_code": row["rc"], "refusal": said[:300]}
-    entry = {"exit_code": 0, "fp32_cosine": _round(row.get("fp32_cosine"), 6), "int8": _round(row.get("int8"), 4),
+    if row["rc"] not in (0, 1):
+        return {"exit_code": row["rc"], "refusal": _said(row)}
+    entry = {"exit_code": row["rc"], "fp32_cosine": _round(row.get("fp32_cosine"), 6),
+             "int8": _round(row.get("int8"), 4), "layers_out_of_int8": row.get("kept"),
              "size_bytes": row.get("size_bytes"), "fp32_size_bytes": row.get("fp32_size_bytes"),
              "int8_p50_over_fp32": _round(1.0 / row["speedup"], 3) if row.get("speedup") else None,
              "seconds": row.get("seconds")}
+    if row["rc"] == 1:
+        entry["guard"] = _said(row)
     entry.update(peer_entries(row.get("peers") or {}))
     return entry
+
+
+def _said(row: dict[str, Any]) -> str:
+    """The error line a run ended with."""
+    lines = [line.strip() for line in row.get("error", "").splitlines() if line.strip()]
+    return next((line for line in lines if line.lower().startswith("error")), lines[-1] if lines else "")[:300]
 
 
 def peer_entries(found: dict[str, Any]) -> dict[str, Any]:

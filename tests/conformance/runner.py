@@ -172,7 +172,11 @@ def run(case: zoo.Case, target: str, work: Path, *, peers: bool = True) -> dict[
                    int8=score(art.get("fidelity"), case.task), size_bytes=art.get("size_bytes"),
                    fp32_size_bytes=art.get("baseline_size_bytes"), speedup=art.get("speedup"),
                    warnings=mine["report"].get("warnings", []), mechanism=(art.get("quantization") or {}).get(
-                       "mechanism"))
+                       "mechanism"),
+                   kept=len((art.get("quantization") or {}).get("keep_float") or []),
+                   layers=(art.get("quantization") or {}).get("layers"))
+        if mine["rc"] == 1:  # the fidelity guard held no mix: the best artifact is written, and why
+            row["error"] = (mine["stderr"] or mine["stdout"]).strip()[-1500:]
     else:
         row["error"] = (mine["stderr"] or mine["stdout"]).strip()[-1500:]
     if peers:

@@ -27,7 +27,8 @@ from edgeopt.passes.quantize import export  # noqa: E402
 
 pytestmark = pytest.mark.slow  # litert-torch takes seconds to import and convert
 
-FAST = {"runs": 5, "warmup": 1}
+# Random-weight nets prove the plumbing, not accuracy: the fidelity guard is off for them.
+FAST = {"runs": 5, "warmup": 1, "guard": False}
 FP32_ATOL = 1e-4
 INT8_MIN_COSINE = 0.98
 DETECTOR_FP32_MIN_COSINE = 0.999

@@ -33,7 +33,8 @@ from edgeopt.frameworks.base import LoadedModel
 from edgeopt.names import match_inputs
 from edgeopt.outputs import working_dir
 from edgeopt.passes.quantize import onnx_granularity as granularity
-from edgeopt.passes.quantize import onnx_range_setting
+from edgeopt.passes.quantize import onnx_bias_correction, onnx_range_setting
+from edgeopt.passes.quantize.onnx_prepared import MEMO_KEY, prepared_graph
 from edgeopt.passes.quantize.config import DEFAULT_QUANT, QuantConfig, check_quant
 
 # Ops whose second input is a weight: in a full QDQ model it comes from a DequantizeLinear.
@@ -91,12 +92,6 @@ def quantize(artifact: FloatArtifact, out: Path, *, precision: str, calib: Subse
     return ExportResult(out, "int8", notes, float_fallback=bool(floats or kept))
 
 
-def prepared_graph(artifact: FloatArtifact) -> bytes | None:
-    """The serialized graph the latest int8 model of ``artifact`` was quantized from, if known:
-    what edits restore float inputs from (``onnx_float_edit``)."""
-    return artifact.memo.get("prepared")
-
-
 def _prepared(onnx: Any, artifact: FloatArtifact, float_path: Path, tmp: Path, raised: bool) -> Path:
     """The float graph as ONNX Runtime's quantizer reads it, written to ``tmp``: pre-processed
     (shape inference) and with every node named, once per float artifact."""
@@ -104,7 +99,7 @@ def _prepared(onnx: Any, artifact: FloatArtifact, float_path: Path, tmp: Path, r
     data = artifact.memo.get(("prepared", raised))
     if data is not None:
         prepared.write_bytes(data)
-        artifact.memo["prepared"] = data
+        artifact.memo[MEMO_KEY] = data
         return prepared
     shape_tools = require("onnxruntime.quantization.shape_inference", "Quantizing ONNX models")
     # When symbolic shape inference fails, onnxruntime saves its partial model into the current
@@ -130,7 +125,7 @@ def _prepared(onnx: Any, artifact: FloatArtifact, float_path: Path, tmp: Path, r
     except ValueError:  # over protobuf's 2 GB: prepared again each time, and no edits
         artifact.memo.pop("prepared", None)
         return prepared
-    artifact.memo[("prepared", raised)] = artifact.memo["prepared"] = data
+    artifact.memo[("prepared", raised)] = artifact.memo[MEMO_KEY] = data
     return prepared
 
 
@@ -195,8 +190,6 @@ def _quantize_static(prepared: Path, tmp: Path, out: Path, artifact: FloatArtifa
         raise conversion_failure("onnxruntime quantize_static", source.handle.path, exc) from exc
     quantized = _drop_zero_bias_offsets(onnx, out)
     if quant.bias_correction:
-        from edgeopt.passes.quantize import onnx_bias_correction
-
         rows = [row for row, _ in zip(calib, range(BIAS_CORRECTION_SAMPLES))]
         if onnx_bias_correction.correct(artifact, out, rows):
             quantized = onnx.load(str(out))

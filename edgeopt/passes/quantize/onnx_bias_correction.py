@@ -18,7 +18,7 @@ import numpy as np
 
 from edgeopt.deps import require
 from edgeopt.exporters.base import FloatArtifact
-from edgeopt.passes.quantize.onnx import prepared_graph
+from edgeopt.passes.quantize.onnx_prepared import prepared_graph
 from edgeopt.passes.quantize.onnx_sensitivity import shadow_graph, tapped_session
 
 BIASED_OPS = {"Conv": 1, "ConvTranspose": 1, "Gemm": -1}  # op -> its output's channel axis

@@ -19,7 +19,7 @@ from typing import Any
 
 from edgeopt.deps import require
 from edgeopt.exporters.base import ExportResult, FloatArtifact
-from edgeopt.passes.quantize.onnx import prepared_graph
+from edgeopt.passes.quantize.onnx_prepared import prepared_graph
 
 def keep_in_float(floating: FloatArtifact, artifact: Path, names: tuple[str, ...], out: Path) -> ExportResult | None:
     """``artifact`` (quantized from ``floating``) with the nodes ``names`` in float, written to

@@ -19,7 +19,7 @@ from edgeopt.deps import require
 from edgeopt.exporters.base import FloatArtifact, Layer
 from edgeopt.frameworks.base import LoadedModel
 from edgeopt.names import match_inputs
-from edgeopt.passes.quantize.onnx import prepared_graph
+from edgeopt.passes.quantize.onnx_prepared import prepared_graph
 
 
 def added_error(floating: FloatArtifact, artifact: Path, layers: list[Layer], rows: list[dict[str, np.ndarray]]
@@ -120,11 +120,6 @@ def shadow_graph(onnx: Any, prepared: Any, int8: Any, names: set[str]) -> tuple[
         copy.output[:] = [f"{o}{SHADOW}" if o else o for o in node.output]
         taps[node.name] = (node.output[0], copy.output[0])
     return graph, taps
-
-
-def _taps(model: Any, names: set[str]) -> dict[str, str]:
-    """Node name -> the tensor it writes first, for the nodes ``names``."""
-    return {node.name: node.output[0] for node in model.graph.node if node.name in names and node.output}
 
 
 def tapped_session(onnx: Any, model: Any, tensors: list[str], source: LoadedModel) -> Callable[[dict], list[np.ndarray]]:
