@@ -12,7 +12,7 @@ import pytest
 from edgeopt import guard, recipe
 from edgeopt.calibration import Subset
 from edgeopt.validate.evaluate import Metric, Reference
-from test_budget import FAST, _compress_onnx, _recipe, outlier  # noqa: F401  (the fixture)
+from test_budget import _compress_onnx, _recipe, outlier  # noqa: F401  (the fixture)
 
 
 class _Rows:

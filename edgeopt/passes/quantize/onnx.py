@@ -34,7 +34,7 @@ from edgeopt.names import match_inputs
 from edgeopt.outputs import working_dir
 from edgeopt.passes.quantize import onnx_granularity as granularity
 from edgeopt.passes.quantize import onnx_bias_correction, onnx_range_setting
-from edgeopt.passes.quantize.onnx_prepared import MEMO_KEY, prepared_graph
+from edgeopt.passes.quantize.onnx_prepared import MEMO_KEY
 from edgeopt.passes.quantize.config import DEFAULT_QUANT, QuantConfig, check_quant
 
 # Ops whose second input is a weight: in a full QDQ model it comes from a DequantizeLinear.

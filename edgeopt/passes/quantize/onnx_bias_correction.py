@@ -51,7 +51,7 @@ def correct(floating: FloatArtifact, artifact: Path, rows: list[dict[str, np.nda
     if not names:
         return 0
     axes = {node.name: BIASED_OPS[node.op_type] for node in model.graph.node if node.name in names}
-    run = tapped_session(onnx, shadowed, [t for name in names for t in taps[name]], floating.model)
+    run = tapped_session(onnx, shadowed, [t for name in names for t in taps[name]], floating.model.handle.input_names)
     shift: dict[str, np.ndarray] = {}
     for row in rows:
         got = run(row)

@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 
 from edgeopt.calibration import Subset
-from edgeopt.deps import quiet_stderr, require
+from edgeopt.deps import require
 from edgeopt.names import match_inputs
 from edgeopt.passes.quantize import range_setting
+from edgeopt.passes.quantize.onnx_sensitivity import tapped_session
 
 SAMPLES_WITH_VALUES = 32
 
@@ -46,30 +47,20 @@ def caches(prepared: Path, calib: Subset, source_names: list[str], tmp: Path) ->
 def collect(prepared: Path, calib: Subset, source_names: list[str]) -> dict[str, range_setting.TensorValues]:
     """What every float tensor of ``prepared`` takes on ``calib``, from one run per sample."""
     onnx = require("onnx", "Quantizing ONNX models")
-    ort = require("onnxruntime", "Quantizing ONNX models")
     model = onnx.load(str(prepared))
-    graph_inputs = {v.name for v in model.graph.input}
-    floats = [n for n in _float_tensors(onnx, model) if n not in graph_inputs]
-    present = {v.name for v in model.graph.output}
-    for name in floats:
-        if name not in present:
-            model.graph.output.append(onnx.ValueInfoProto(name=name))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    with quiet_stderr():
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    inputs = [i.name for i in session.get_inputs()]
-    pairs = list(zip(inputs, match_inputs(inputs, source_names)))
+    weights = {t.name for t in model.graph.initializer}
+    inputs = [v.name for v in model.graph.input if v.name not in weights]
+    floats = [n for n in _float_tensors(onnx, model) if n not in inputs]
+    run = tapped_session(onnx, model, floats, source_names)
+    feeds = list(zip(inputs, match_inputs(inputs, source_names)))
     seen = {name: range_setting.TensorValues() for name in [*inputs, *floats]}
     for i, row in enumerate(calib):
-        feed = {name: row[source] for name, source in pairs}
         keep = i < SAMPLES_WITH_VALUES
-        for name, value in zip(floats, session.run(floats, feed)):
+        for name, value in zip(floats, run(row)):
             if value.dtype.kind == "f":
                 seen[name].add(value, keep_values=keep)
-        for name in inputs:
-            seen[name].add(feed[name], keep_values=keep)
+        for name, source in feeds:
+            seen[name].add(row[source], keep_values=keep)
     return {name: values for name, values in seen.items() if values.sample_lows}
 
 

@@ -15,9 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from edgeopt.deps import require
+from edgeopt.deps import quiet_stderr, require
 from edgeopt.exporters.base import FloatArtifact, Layer
-from edgeopt.frameworks.base import LoadedModel
 from edgeopt.names import match_inputs
 from edgeopt.passes.quantize.onnx_prepared import prepared_graph
 
@@ -42,7 +41,7 @@ def added_error(floating: FloatArtifact, artifact: Path, layers: list[Layer], ro
     if not taps:
         return None
     names = list(taps)
-    run = tapped_session(onnx, shadowed, [t for name in names for t in taps[name]], floating.model)
+    run = tapped_session(onnx, shadowed, [t for name in names for t in taps[name]], floating.model.handle.input_names)
     noise, signal = np.zeros(len(names)), np.zeros(len(names))
     for row in rows:
         got = run(row)
@@ -122,7 +121,8 @@ def shadow_graph(onnx: Any, prepared: Any, int8: Any, names: set[str]) -> tuple[
     return graph, taps
 
 
-def tapped_session(onnx: Any, model: Any, tensors: list[str], source: LoadedModel) -> Callable[[dict], list[np.ndarray]]:
+def tapped_session(onnx: Any, model: Any, tensors: list[str], source_names: list[str]
+                   ) -> Callable[[dict], list[np.ndarray]]:
     """``row -> [tensors of model for it]``: an ONNX Runtime session with those tensors as outputs."""
     ort = require("onnxruntime", "Running ONNX models")
     tapped = onnx.ModelProto()
@@ -135,7 +135,8 @@ def tapped_session(onnx: Any, model: Any, tensors: list[str], source: LoadedMode
     options.log_severity_level = 3
     # No graph rewrites: fused nodes would stop writing the tensors asked for.
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(tapped.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    with quiet_stderr():
+        session = ort.InferenceSession(tapped.SerializeToString(), options, providers=["CPUExecutionProvider"])
     inputs = [i.name for i in session.get_inputs()]
-    pairs = list(zip(inputs, match_inputs(inputs, source.handle.input_names)))
+    pairs = list(zip(inputs, match_inputs(inputs, source_names)))
     return lambda row: session.run(tensors, {name: row[source_name] for name, source_name in pairs})
