@@ -226,6 +226,9 @@ def run(req: Request, out: Path, scratch: Callable[[str], Path], say: Progress) 
     one_run = edits.available or (edits.reference is None and len(candidates) > FEW_LAYERS)
     added = edits.added_error(candidates, judge) if one_run else None
     if added is not None:
+        # A tensor holding inf (a log of silence) gives no ratio: such a layer is scored as unknown, 0.
+        added = {name: value if math.isfinite(value) else 0.0 for name, value in added.items()}
+    if added is not None:
         ranking = sorted(candidates, key=lambda layer: -added.get(layer.name, 0.0))
         search.ranking_method = (f"error each layer adds at its output (noise-to-signal ratio), from one run "
                                  f"of the int8 and float models on {min(RANKING_SAMPLES, judge.samples)} "

@@ -53,7 +53,8 @@ def added_error(floating: FloatArtifact, artifact: Path, layers: list[Layer], ro
     return {name: float(noise[i] / signal[i]) if signal[i] > 0 else 0.0 for i, name in enumerate(names)}
 
 
-SHADOW = "__edgeopt_q"
+# Suffixes of the copies' names, one per role: a layer's output may also be what a quantizer reads.
+SHADOW, QUANTIZED, DEQUANTIZED, CONSTANT = "__edgeopt_copy", "__edgeopt_q", "__edgeopt_dq", "__edgeopt_c"
 
 
 def shadow_graph(onnx: Any, prepared: Any, int8: Any, names: set[str]) -> tuple[Any, dict[str, tuple[str, str]]]:
@@ -69,7 +70,7 @@ def shadow_graph(onnx: Any, prepared: Any, int8: Any, names: set[str]) -> tuple[
 
     def constant(name: str) -> str:
         if name and name not in copied:
-            copied[name] = f"{name}{SHADOW}"
+            copied[name] = f"{name}{CONSTANT}"
             tensor = graph.graph.initializer.add()
             tensor.CopyFrom(weights[name])
             tensor.name = copied[name]
@@ -88,19 +89,19 @@ def shadow_graph(onnx: Any, prepared: Any, int8: Any, names: set[str]) -> tuple[
             q = producer.get(source)
             if q is None or q.op_type != "QuantizeLinear" or any(i and i not in weights for i in q.input[1:]):
                 return None
-            first = f"{source}{SHADOW}"
+            first = f"{source}{QUANTIZED}"
             node = graph.graph.node.add()
             node.CopyFrom(q)
-            node.name = f"{q.name}{SHADOW}"
+            node.name = f"{q.name}{QUANTIZED}"
             node.input[:] = [float_name, *(constant(i) for i in q.input[1:])]
             node.output[:] = [first]
         if any(i and i not in weights for i in dq.input[1:]):
             return None
         node = graph.graph.node.add()
         node.CopyFrom(dq)
-        node.name = f"{dq.name}{SHADOW}"
+        node.name = f"{dq.name}{DEQUANTIZED}"
         node.input[:] = [first, *(constant(i) for i in dq.input[1:])]
-        copied[int8_name] = f"{int8_name}{SHADOW}"
+        copied[int8_name] = f"{int8_name}{DEQUANTIZED}"
         node.output[:] = [copied[int8_name]]
         return copied[int8_name]
 
