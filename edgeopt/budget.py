@@ -45,6 +45,7 @@ from edgeopt.recipe import BudgetsConfig
 from edgeopt.report_types import QuantizationInfo, SearchInfo
 from edgeopt.targets.base import open_own_artifact
 from edgeopt.validate.evaluate import Quality, Reference
+from edgeopt.validate.latency import measure_interleaved
 
 Progress = Callable[[str], None]
 Export = Callable[[Path, QuantConfig], ExportResult]
@@ -57,6 +58,12 @@ RANKING_SAMPLES = 16
 FEW_LAYERS = 32
 # Points of fidelity drop the all-float edit may keep for edits to stand in for quantizing again.
 EDIT_REACHES_FLOAT = 0.05
+# With fallback_cost p50, a rung of the ladder stands where its p50 is at most this much above the
+# artifact it replaces, timed interleaved over up to LADDER_RUNS runs each, in LADDER_SECONDS at most
+# (timing noise on a quiet machine: ~2%).
+LADDER_P50_SLACK = 0.03
+LADDER_RUNS = 300
+LADDER_SECONDS = 3.0
 
 
 # --- measuring ---------------------------------------------------------------------------------
@@ -84,8 +91,17 @@ class Judge:
         return self if first is self.reference else Judge(self._target, self._source, first, self._threads)
 
     def measure(self, exported: ExportResult) -> Quality:
-        return self.reference.measure(open_own_artifact(self._target, exported.path, self._source,
-                                                        threads=self._threads))
+        return self.reference.measure(self._open(exported))
+
+    def p50(self, artifacts: list[ExportResult]) -> list[float]:
+        """Each artifact's p50 in ms on the first validation row, timed interleaved."""
+        sessions = {str(i): self._open(a) for i, a in enumerate(artifacts)}
+        stats = measure_interleaved(sessions, self.rows(1)[0], runs=LADDER_RUNS, warmup=5,
+                                    time_budget_s=LADDER_SECONDS)
+        return [stats[str(i)].p50 for i in range(len(artifacts))]
+
+    def _open(self, exported: ExportResult):
+        return open_own_artifact(self._target, exported.path, self._source, threads=self._threads)
 
 
 # --- budgets -----------------------------------------------------------------------------------
@@ -171,6 +187,7 @@ class Request:
     overrides: dict[str, str]
     budgets: BudgetsConfig
     judge: Judge | None  # None without validation data: no search
+    fallback_cost: str = "p50"  # what the ladder's rungs must not cost more of than float (CompressConfig)
 
 
 def quant_layers(floating: FloatArtifact, calib: cal.Subset | None, quant: QuantConfig,
@@ -248,13 +265,15 @@ def run(req: Request, out: Path, scratch: Callable[[str], Path], say: Progress) 
     tried: dict[int, tuple[ExportResult, Quality]] = {0: (result, start)}
     order = [layer.name for layer in ranking]
 
-    def attempt(k: int) -> bool:
-        edited = edits.keep(tuple(order[:k]), f"keep{k}")
+    def with_float(names: tuple[str, ...], tag: str) -> ExportResult:
+        edited = edits.keep(names, tag)
         if edited is not None:
-            exported = edited
-        else:
-            exported = req.export(scratch(f"keep{k}"), replace(req.quant, keep_float=kept0 + tuple(order[:k])))
-            search.exports += 1
+            return edited
+        search.exports += 1
+        return req.export(scratch(tag), replace(req.quant, keep_float=kept0 + names))
+
+    def attempt(k: int) -> bool:
+        exported = with_float(tuple(order[:k]), f"keep{k}")
         tried[k] = (exported, judge.measure(exported))
         return _excess(tried[k][1], req.budgets) <= 1.0
 
@@ -285,8 +304,12 @@ def run(req: Request, out: Path, scratch: Callable[[str], Path], say: Progress) 
         # op's input quantized (onnxruntime does for a Gemm after a quantized op).
         info.keep_float_mechanism = (f"the int8 model edited so those layers read float inputs "
                                      f"({edits.reference}), as {info.keep_float_mechanism} keeps them")
-    search.edits = edits.count
     chosen, quality = tried[best_k]
+    precisions = {name: "float" for name in order[:best_k]}
+    if first_pass is not None and best_k:
+        ladder = _Ladder(req, judge, scratch, with_float, result, search)
+        chosen, quality, precisions = ladder.lower(order[:best_k], chosen, quality)
+    search.edits = edits.count
     search.tried = [{"kept_in_float": n, "layers": [_title(layers, name) for name in order[:n]],
                      **tried[n][1].to_dict(), "passed": _excess(tried[n][1], req.budgets) <= 1.0}
                     for n in sorted(tried)]
@@ -298,9 +321,15 @@ def run(req: Request, out: Path, scratch: Callable[[str], Path], say: Progress) 
         # What the quantizer said of the plain model (the ranges and weights it chose) holds for the edits too.
         result = replace(relocated(chosen, out), notes=[*result.notes, *chosen.notes])
     for n, (exported, _) in tried.items():
-        if n not in (0, best_k):
+        if n != 0 and exported is not chosen:
             _remove(exported)
+    # keep_float lists every layer out of int8, as it always has; precisions says which rung each is on.
     info.keep_float = [_title(layers, n) for n in kept0 + tuple(order[:best_k])]
+    if any(p != "float" for p in precisions.values()):
+        info.precisions = {rung: [_title(layers, n) for n in order[:best_k] if precisions[n] == rung]
+                           for rung in LADDER if rung in precisions.values()}
+        info.precisions["float"] = [_title(layers, n) for n in kept0 + tuple(order[:best_k])
+                                    if precisions.get(n, "float") == "float"]
     search.needed, search.met, search.after = True, first_pass is not None, quality.to_dict()
     search.kept_in_float, search.wall_seconds = best_k, _since(started)
     if first_pass is None:
@@ -309,6 +338,96 @@ def run(req: Request, out: Path, scratch: Callable[[str], Path], say: Progress) 
                         f"{best_k} layers in float.")
     return Outcome(result, info, plain=plain if best_k or kept0 else None, warnings=warnings,
                    met=first_pass is not None)
+
+
+# The rungs between int8 and float a layer the search keeps out of int8 may end on, cheapest
+# first: int8 weights with 16-bit activations (the size of int8), then fp16 weights.
+LADDER = ("int16", "fp16")
+
+
+class _Ladder:
+    """Lowers the layers the search kept in float to the cheapest rung that still holds the
+    budgets, where the path can: the least sensitive of them first to 16-bit activations (a
+    bisection on how many), then the weights of those left in float to fp16 (all or none)."""
+
+    def __init__(self, req: Request, judge: Judge, scratch: Callable[[str], Path],
+                 with_float: Callable[[tuple[str, ...], str], ExportResult], plain: ExportResult,
+                 search: SearchInfo) -> None:
+        record = registry.export_path(req.key)
+        self._widen = registry.load(record.int16_edit) if record and record.int16_edit else None
+        self._fp16 = registry.load(record.fp16_edit) if record and record.fp16_edit else None
+        self._req, self._judge, self._scratch, self._with_float = req, judge, scratch, with_float
+        self._plain, self._search = plain, search
+        self._rows: dict[int, dict[str, Any]] = {}  # id of a measured try -> its row in search.ladder
+
+    def lower(self, kept: tuple[str, ...], chosen: ExportResult, quality: Quality
+              ) -> tuple[ExportResult, Quality, dict[str, str]]:
+        """The artifact, its quality and each kept layer's precision, from the float one that held."""
+        precisions = {name: "float" for name in kept}
+        floated, floated_quality = chosen, quality
+        if self._widen is not None:
+            best, low, high = 0, 0, len(kept)
+            guess = high
+            while guess > low:
+                tried = self._try_int16(kept, guess)
+                if tried is not None and self._holds(tried[1]):
+                    if best:
+                        _remove(chosen)
+                    chosen, quality, best, low = tried[0], tried[1], guess, guess
+                else:
+                    if tried is not None:
+                        _remove(tried[0])
+                    high = guess
+                guess = (low + high) // 2
+            if best and not self._affordable(floated, chosen):
+                _remove(chosen)
+                chosen, quality, best = floated, floated_quality, 0
+            precisions.update({name: "int16" for name in kept[len(kept) - best:]})
+        floats = [name for name in kept if precisions[name] == "float"]
+        if self._fp16 is not None and floats:
+            halved = self._fp16(chosen.path, self._scratch("fp16").with_suffix(chosen.path.suffix))
+            if halved is not None:
+                measured = self._record("fp16", {"fp16": len(floats), "int16": len(kept) - len(floats)}, halved)
+                if self._holds(measured) and self._affordable(chosen, halved):
+                    _remove(chosen)
+                    chosen, quality = halved, measured
+                    precisions.update({name: "fp16" for name in floats})
+                else:
+                    _remove(halved)
+        return chosen, quality, precisions
+
+    def _affordable(self, floated: ExportResult, lowered: ExportResult) -> bool:
+        """Whether ``lowered`` may replace ``floated``: always where size is what the run saves;
+        with p50, where timed interleaved it is at most LADDER_P50_SLACK slower (its row in the
+        ladder records both p50s)."""
+        if self._req.fallback_cost == "size":
+            return True
+        before, after = self._judge.p50([floated, lowered])
+        taken = after <= before * (1.0 + LADDER_P50_SLACK)
+        self._rows[id(lowered)].update(p50_ms=round(after, 4), replaces_p50_ms=round(before, 4), taken=taken)
+        return taken
+
+    def _try_int16(self, kept: tuple[str, ...], count: int) -> tuple[ExportResult, Quality] | None:
+        """The least sensitive ``count`` kept layers at 16-bit activations, the rest float."""
+        floats, wide = kept[:len(kept) - count], kept[len(kept) - count:]
+        base = self._with_float(floats, f"int16_{count}_base") if floats else self._plain
+        try:
+            widened = self._widen(base.path, wide, self._scratch(f"int16_{count}").with_suffix(base.path.suffix))
+        finally:
+            if base is not self._plain:
+                _remove(base)
+        if widened is None:
+            return None
+        return widened, self._record("int16", {"int16": count, "float": len(floats)}, widened)
+
+    def _record(self, rung: str, counts: dict[str, int], exported: ExportResult) -> Quality:
+        measured = self._judge.measure(exported)
+        self._rows[id(exported)] = {"rung": rung, **counts, **measured.to_dict(), "passed": self._holds(measured)}
+        self._search.ladder = [*(self._search.ladder or []), self._rows[id(exported)]]
+        return measured
+
+    def _holds(self, quality: Quality) -> bool:
+        return _excess(quality, self._req.budgets) <= 1.0
 
 
 class _Edits:

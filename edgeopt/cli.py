@@ -314,14 +314,14 @@ def _list_layers(config, targets: tuple[str, ...] | None, quiet: bool) -> None:
 
 def _quantization_lines(a: dict) -> list[str]:
     """The terminal's word on layers kept in float, on the fidelity guard and on each budget."""
-    from edgeopt.report import guard_line
+    from edgeopt.report import guard_line, out_of_int8, out_of_int8_phrase
     from edgeopt.report_types import GUARD_CHECK
 
     name, q = Path(a["path"]).name, a.get("quantization") or {}
     lines = []
     search = q.get("search") or {}
-    if q.get("keep_float"):
-        kept = q["keep_float"]
+    count, kept = out_of_int8_phrase(q)
+    if count:
         before, after = search.get("before", {}), search.get("after", {})
         drops = [f"{kind} drop {before[key]:.3g} -> {after[key]:.3g} points"
                  for kind, key in (("fidelity", "fidelity_drop"), ("accuracy", "accuracy_drop"))
@@ -331,7 +331,8 @@ def _quantization_lines(a: dict) -> list[str]:
         cost = q.get("latency_cost")
         size = q.get("size_cost")
         costs = [f"p50 {cost['percent']:+.1f}%" if cost else "", f"size {size['percent']:+.1f}%" if size else ""]
-        lines.append(f"{name}: {len(kept)} of {q.get('layers')} layers kept in float{why}: {', '.join(kept)}"
+        where = "in float" if list(out_of_int8(q)) == ["float"] else "out of int8"
+        lines.append(f"{name}: {count} of {q.get('layers')} layers kept {where}{why}: {kept}"
                      + (f"; {', '.join(c for c in costs if c)} against all-int8" if any(costs) else ""))
     guarded = guard_line(a)
     if guarded:

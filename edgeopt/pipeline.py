@@ -302,7 +302,8 @@ def compress(config: recipe.CompressConfig, progress: Progress | None = None) ->
                 judge = budget.Judge(target, source, guarded if guarding else reference, config.validation.threads) \
                     if reference is not None and budgets.drives_search() else None
                 request = budget.Request(target=target, key=key, export=export, floating=floating, calib=calib,
-                                         quant=quant, overrides=config.overrides, budgets=budgets, judge=judge)
+                                         quant=quant, overrides=config.overrides, budgets=budgets, judge=judge,
+                                         fallback_cost=config.fallback_cost)
                 outcome = budget.run(request, stage.path(name), lambda tag, t=target: stage.dir / f".{stem}_{tag}.{t}",
                                      say)
                 result = outcome.result

@@ -56,6 +56,12 @@ class ExportPath:
     # "module:attr" of ``(float artifact, int8 artifact, layers, rows) -> {layer: error it adds} | None``:
     # a ranking from one run, used with ``float_edit`` instead of one try per layer.
     sensitivity: str | None = None
+    # The mixed-precision rungs between int8 and float (``edgeopt.budget.LADDER``). "module:attr" of
+    # ``(artifact, layer names, out) -> ExportResult | None``: those layers' activations at 16 bits,
+    # their weights int8; and of ``(artifact, out) -> ExportResult | None``: the weights of the
+    # layers left in float stored as fp16. None: the path has no such rung.
+    int16_edit: str | None = None
+    fp16_edit: str | None = None
 
     def __post_init__(self):
         # Several records share one calibration dict; frozen means nobody can edit it through one.
@@ -122,6 +128,8 @@ _AEQ_KEEP = "ai-edge-quantizer recipe, NO_QUANTIZE entries for the ops' output t
 _AEQ_LAYERS = "edgeopt.passes.quantize.tflite_aeq:quantized_layers"
 _ORT_EDIT = "edgeopt.passes.quantize.onnx_float_edit:keep_in_float"
 _ORT_SENSITIVITY = "edgeopt.passes.quantize.onnx_sensitivity:added_error"
+_ORT_INT16 = "edgeopt.passes.quantize.onnx_int16_edit:widen_activations"
+_NNCF_FP16 = "edgeopt.passes.quantize.openvino:float_weights_in_fp16"
 _NNCF_SENSITIVITY = "edgeopt.passes.quantize.openvino_sensitivity:added_error"
 # No OpenVINO edit: NNCF moves a FakeQuantize up through reshapes and pools, where other ops share
 # it, and bypassing only the quantizers an op reads directly left a 10-conv test net 12 points
@@ -139,22 +147,22 @@ EXPORTS: tuple[ExportPath, ...] = (
                (ONNX, ORT, TORCH, LITERT_TORCH, AEQ), calibration=_AEQ_CALIB, keep_float=_AEQ_KEEP, layers=_AEQ_LAYERS),
     ExportPath("keras->onnx", "edgeopt.exporters.onnx:convert_keras", _ORT_QUANTIZE, (TF2ONNX, ORT),
                calibration=_ORT_CALIB, keep_float=_ORT_KEEP, layers=_ORT_LAYERS,
-               float_edit=_ORT_EDIT, sensitivity=_ORT_SENSITIVITY),
+               float_edit=_ORT_EDIT, sensitivity=_ORT_SENSITIVITY, int16_edit=_ORT_INT16),
     ExportPath("torch->onnx", "edgeopt.exporters.onnx:convert_torch", _ORT_QUANTIZE, (TORCH, ONNXSCRIPT, ORT),
                calibration=_ORT_CALIB, keep_float=_ORT_KEEP, layers=_ORT_LAYERS,
-               float_edit=_ORT_EDIT, sensitivity=_ORT_SENSITIVITY),
+               float_edit=_ORT_EDIT, sensitivity=_ORT_SENSITIVITY, int16_edit=_ORT_INT16),
     ExportPath("onnx->onnx", "edgeopt.exporters.onnx:convert_onnx", _ORT_QUANTIZE, (ONNX, ORT),
                calibration=_ORT_CALIB, keep_float=_ORT_KEEP, layers=_ORT_LAYERS,
-               float_edit=_ORT_EDIT, sensitivity=_ORT_SENSITIVITY),
+               float_edit=_ORT_EDIT, sensitivity=_ORT_SENSITIVITY, int16_edit=_ORT_INT16),
     ExportPath("keras->openvino", "edgeopt.exporters.openvino:convert_keras", _NNCF_QUANTIZE, (TF, OPENVINO, NNCF),
                calibration=_NNCF_CALIB, keep_float=_NNCF_KEEP, layers=_NNCF_LAYERS,
-               sensitivity=_NNCF_SENSITIVITY),
+               sensitivity=_NNCF_SENSITIVITY, fp16_edit=_NNCF_FP16),
     ExportPath("torch->openvino", "edgeopt.exporters.openvino:convert_torch", _NNCF_QUANTIZE, (TORCH, OPENVINO, NNCF),
                calibration=_NNCF_CALIB, keep_float=_NNCF_KEEP, layers=_NNCF_LAYERS,
-               sensitivity=_NNCF_SENSITIVITY),
+               sensitivity=_NNCF_SENSITIVITY, fp16_edit=_NNCF_FP16),
     ExportPath("onnx->openvino", "edgeopt.exporters.openvino:convert_onnx", _NNCF_QUANTIZE, (OPENVINO, NNCF),
                calibration=_NNCF_CALIB, keep_float=_NNCF_KEEP, layers=_NNCF_LAYERS,
-               sensitivity=_NNCF_SENSITIVITY),
+               sensitivity=_NNCF_SENSITIVITY, fp16_edit=_NNCF_FP16),
 )
 
 RUNTIMES: tuple[Runtime, ...] = (

@@ -199,6 +199,25 @@ def guard_line(a: dict[str, Any]) -> str | None:
     return told + ": MISSED" + (", no mix of layers kept out of int8 held it" if g.get("searched") else "")
 
 
+PRECISION_WORDS = {"int16": "int16 activations with int8 weights", "fp16": "fp16 weights", "float": "float"}
+
+
+def out_of_int8(q: dict[str, Any]) -> dict[str, list[str]]:
+    """The layers an artifact's quantization kept out of int8, by the precision each ended on."""
+    if q.get("precisions"):
+        return {rung: names for rung, names in q["precisions"].items() if names}
+    return {"float": q["keep_float"]} if q.get("keep_float") else {}
+
+
+def out_of_int8_phrase(q: dict[str, Any], quote: str = "") -> tuple[int, str]:
+    """How many layers are out of int8, and them by precision ("float: a, b" or "int16 ...: c; float: d")."""
+    groups = out_of_int8(q)
+    names = {rung: ", ".join(f"{quote}{n}{quote}" for n in layers) for rung, layers in groups.items()}
+    if list(groups) == ["float"]:
+        return len(groups["float"]), names["float"]
+    return sum(map(len, groups.values())), "; ".join(f"{PRECISION_WORDS[rung]}: {names[rung]}" for rung in groups)
+
+
 def quantization_lines(a: dict[str, Any]) -> list[str]:
     """report.md's section on how an artifact was quantized and the budget search, if any."""
     q, checks = a.get("quantization") or {}, [c for c in a.get("budgets") or [] if c["budget"] != GUARD_CHECK]
@@ -212,10 +231,10 @@ def quantization_lines(a: dict[str, Any]) -> list[str]:
         method = f"percentile {q['percentile']:g}" if q.get("method") == "percentile" else q.get("method")
         lines.append(f"- Calibration: {method}, {'per-channel' if q.get('per_channel') else 'per-tensor'} weights, "
                      f"by {q.get('mechanism')}")
-    if q.get("keep_float"):
-        kept = ", ".join(f"`{n}`" for n in q["keep_float"])
-        lines.append(f"- Kept in float ({q.get('keep_float_mechanism')}): {kept} — {len(q['keep_float'])} of "
-                     f"{q.get('layers')} layers")
+    count, kept = out_of_int8_phrase(q, "`")
+    if count:
+        where = "Kept in float" if list(out_of_int8(q)) == ["float"] else "Kept out of int8"
+        lines.append(f"- {where} ({q.get('keep_float_mechanism')}): {kept} — {count} of {q.get('layers')} layers")
     cost = q.get("latency_cost")
     if cost:
         lines.append(f"- Latency cost: p50 {cost['p50_ms']:.3f} ms against {cost['int8_p50_ms']:.3f} ms with every "
@@ -242,6 +261,11 @@ def quantization_lines(a: dict[str, Any]) -> list[str]:
         for t in search["tried"]:
             lines.append(f"| {t['kept_in_float']} | {t['fidelity_drop']:.3g} | {fmt_num(t.get('accuracy_drop'), 2)} | "
                          f"{fmt_num(t.get('sqnr_db'), 1)} | {'yes' if t['passed'] else 'no'} |")
+    if search.get("ladder"):
+        lines += ["", "Lowering the layers kept in float (int16: 16-bit activations, int8 weights; fp16: fp16 weights):",
+                  "", "| rung | int16 | fp16 | float | fidelity drop | within budget |", "|---|---|---|---|---|---|"]
+        lines += [f"| {t['rung']} | {t.get('int16', '')} | {t.get('fp16', '')} | {t.get('float', '')} | "
+                  f"{t['fidelity_drop']:.3g} | {'yes' if t['passed'] else 'no'} |" for t in search["ladder"]]
     if search.get("ranking"):
         method = search.get("ranking_method", "each layer alone in int8, the rest float")
         lines += ["", f"Sensitivity ({method}; the layers most worth keeping in float first):", "",

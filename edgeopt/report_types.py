@@ -47,6 +47,7 @@ class SearchInfo(Record):
     tried: list[dict[str, Any]] | None = None
     after: dict[str, Any] | None = None
     kept_in_float: int | None = None
+    ladder: list[dict[str, Any]] | None = None  # the tries lowering kept layers to int16 / fp16
     wall_seconds: float | None = None
 
 
@@ -61,7 +62,9 @@ class QuantizationInfo(Record):
     keep_float_mechanism: str | None = None
     layers: int | None = None  # layers the plain int8 artifact quantized
     overrides: dict[str, list[str]] | None = None
-    keep_float: list[str] | None = None
+    keep_float: list[str] | None = None  # every layer out of int8, whatever precision it ended on
+    # those layers by precision (int16, fp16, float), where some ended on a cheaper rung than float
+    precisions: dict[str, list[str]] | None = None
     search: SearchInfo | None = None
     latency_cost: dict[str, float] | None = None
     size_cost: dict[str, float] | None = None  # the artifact's size against all-int8

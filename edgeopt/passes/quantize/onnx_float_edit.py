@@ -56,7 +56,7 @@ def restore(model: Any, prepared: Any, names: set[str]) -> None:
         # The quantizer's DequantizeLinear of a weight writes the weight's own name; the float
         # weight comes back under a name of its own.
         if name not in added:
-            added[name] = _free(f"{name}.float", taken)
+            added[name] = free_name(f"{name}.float", taken)
             copy = model.graph.initializer.add()
             copy.CopyFrom(weights[name])
             copy.name = added[name]
@@ -72,9 +72,9 @@ def restore(model: Any, prepared: Any, names: set[str]) -> None:
             # Where the quantizer removed it, the op before wrote under the activation's name.
             first = name if name in tensors else removed.input[0]
             node.input[:] = [first, *(weight(i) if i in weights else i for i in removed.input[1:])]
-            added[name] = _free(f"{name}.float", taken)
+            added[name] = free_name(f"{name}.float", taken)
             node.output[:] = [added[name]]
-            node.name = _free(f"{removed.name}.float", taken)
+            node.name = free_name(f"{removed.name}.float", taken)
             restored_nodes.append((at, node))
         return added[name]
 
@@ -87,7 +87,7 @@ def restore(model: Any, prepared: Any, names: set[str]) -> None:
     for at, node in sorted(restored_nodes, key=lambda item: -item[0]):  # in front of the node reading it
         model.graph.node.insert(at, node)
     _float_graph_outputs(model, names)
-    _drop_unread(model)
+    drop_unread(model)
 
 
 # Activations onnxruntime's QDQ quantizer removes after a quantized op, its ranges clipping instead.
@@ -119,7 +119,7 @@ def _float_graph_outputs(model: Any, names: set[str]) -> None:
         model.graph.node.remove(node)
 
 
-def _free(name: str, taken: set[str]) -> str:
+def free_name(name: str, taken: set[str]) -> str:
     while name in taken:
         name += "_"
     taken.add(name)
@@ -137,7 +137,7 @@ def _read(graph: Any) -> set[str]:
     return names
 
 
-def _drop_unread(model: Any) -> None:
+def drop_unread(model: Any) -> None:
     """Remove the Q/DQ nodes and initializers whose outputs nothing reads any more."""
     outputs = {v.name for v in model.graph.output}
     while True:

@@ -15,6 +15,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgeopt.calibration import Subset
 from edgeopt.deps import no_telemetry, quiet_stderr, require
 from edgeopt.exporters.base import ExportResult, FloatArtifact, Layer, conversion_failure, layer_label, \
@@ -56,6 +58,60 @@ def _quantize_quietly(artifact: FloatArtifact, out: Path, *, precision: str, cal
     except Exception as exc:
         raise conversion_failure("openvino.save_model", source.handle.path, exc) from exc
     return ExportResult(xml, label, notes, extra_files=[xml.with_suffix(".bin")], float_fallback=bool(quant.keep_float))
+
+
+# Ops whose input 1 is a weight, as a float layer's weight reaches it: straight or through a Reshape.
+WEIGHTED_OPS = {"Convolution", "GroupConvolution", "ConvolutionBackpropData", "GroupConvolutionBackpropData",
+                "MatMul"}
+FP16_MAX = 65504.0
+
+
+def float_weights_in_fp16(artifact: Path, out: Path) -> ExportResult | None:
+    """The int8 IR ``artifact`` with the float weights of the layers NNCF left in float stored as
+    fp16, each read through a Convert back to fp32: the mixed-precision ladder's fp16 rung. None
+    when there is no such weight (or one beyond fp16's range).
+
+    ``save_model(compress_to_fp16=True)`` leaves a quantized IR's constants as they are, so the
+    weights are converted here. OpenVINO's CPU plugin folds the Convert at compile time and
+    computes in fp32 as before: what the rung buys is size; int8 weights stay int8."""
+    ov = require("openvino", "Saving OpenVINO models")
+    from openvino import opset13 as ops
+
+    with no_telemetry():
+        model = ov.Core().read_model(str(artifact))
+        halved = 0
+        for op in model.get_ordered_ops():
+            if op.get_type_name() != "Constant" or op.get_output_element_type(0) != ov.Type.f32 \
+                    or not _is_weight(op):
+                continue
+            data = op.get_data()
+            if data.size <= 1 or not np.isfinite(data).all() or np.abs(data).max() > FP16_MAX:
+                continue
+            widened = ops.convert(ops.constant(data.astype(np.float16)), "f32")
+            for reader in op.output(0).get_target_inputs():
+                reader.replace_source_output(widened.output(0))
+            halved += 1
+        if not halved:
+            return None
+        xml = out.with_suffix(".xml")
+        ov.save_model(model, str(xml), compress_to_fp16=False)
+    return ExportResult(xml, "int8", [], extra_files=[xml.with_suffix(".bin")], float_fallback=True)
+
+
+def _is_weight(constant: Any) -> bool:
+    """Whether every reader of ``constant`` takes it as a weight (input 1 of WEIGHTED_OPS, or
+    through one Reshape)."""
+    readers = list(constant.output(0).get_target_inputs())
+    for reader in readers:
+        node = reader.get_node()
+        if node.get_type_name() == "Reshape" and reader.get_index() == 0:
+            further = list(node.output(0).get_target_inputs())
+            if further and all(r.get_node().get_type_name() in WEIGHTED_OPS and r.get_index() == 1 for r in further):
+                continue
+            return False
+        if node.get_type_name() not in WEIGHTED_OPS or reader.get_index() != 1:
+            return False
+    return bool(readers)
 
 
 def _quantize(model: Any, source: LoadedModel, calib: Subset, quant: QuantConfig) -> Any:
