@@ -195,8 +195,8 @@ OPTIONS: tuple[Option, ...] = (
            "Turn off the fidelity guard, which searches for the layers to keep out of int8 when the artifact "
            "drops more than 1 point against the source (budgets given replace it).", name="guard"),
     Option("fallback_cost", "--fallback-cost",
-           "What layers kept out of int8 save: p50 takes int16 activations or fp16 weights only where no slower "
-           "than float; size takes the lowest precision that holds."),
+           "What layers kept out of int8 save: p50 keeps them in float (the fastest on CPU); size takes the "
+           "smallest precision that holds: int16 activations with int8 weights (ONNX), fp16 weights (OpenVINO)."),
     Option("validation.metric", "--metric", "Accuracy measure: top1, top5, or FILE.py:FUNCTION(outputs, labels)."),
     Option("validation.enabled", "--no-validate", "Skip fidelity, accuracy and latency measurement.",
            name="validate"),

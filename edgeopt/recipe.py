@@ -152,9 +152,9 @@ class CompressConfig(_Strict):
     # The fidelity guard (edgeopt.guard): int8 that drops more than a point against the source is
     # searched for the layers to keep out of int8. Budgets set here replace it.
     guard: bool = True
-    # What the mixed-precision ladder saves on the layers the guard or a budget keeps out of int8
-    # (edgeopt.budget.LADDER): "p50" takes a rung (16-bit activations, fp16 weights) only where its
-    # artifact is no slower than with those layers in float; "size" takes the lowest rung that holds.
+    # What the layers the guard or a budget keeps out of int8 save: "p50" keeps them in float, the
+    # fastest on the CPU runtimes; "size" takes the smallest rung of the mixed-precision ladder that
+    # holds (edgeopt.budget.LADDER: 16-bit activations with int8 weights, then fp16 weights).
     fallback_cost: Literal["p50", "size"] = "p50"
     # Layer/node-name regex (searched, as re.search) -> float or int8; the last match wins. A
     # pattern that matches no layer of an artifact is a warning in the output and the report.
