@@ -37,7 +37,7 @@ import numpy as np
 
 from edgeopt import calibration as cal
 from edgeopt import registry
-from edgeopt.errors import UsageError
+from edgeopt.errors import ConversionError, UsageError
 from edgeopt.exporters.base import ExportResult, FloatArtifact, Layer, relocated
 from edgeopt.passes.quantize.config import QuantConfig, check_quant
 from edgeopt.frameworks.base import LoadedModel
@@ -256,6 +256,10 @@ def run(req: Request, out: Path, scratch: Callable[[str], Path], say: Progress) 
         search.exports += 1
         return req.export(scratch(tag), replace(req.quant, keep_float=kept0 + names))
 
+    def with_mix(floats: tuple[str, ...], wide: tuple[str, ...], tag: str) -> ExportResult:
+        search.exports += 1
+        return req.export(scratch(tag), replace(req.quant, keep_float=kept0 + floats, int16_activations=wide))
+
     def attempt(k: int) -> bool:
         exported = with_float(tuple(order[:k]), f"keep{k}")
         tried[k] = (exported, judge.measure(exported))
@@ -291,8 +295,8 @@ def run(req: Request, out: Path, scratch: Callable[[str], Path], say: Progress) 
     chosen, quality = tried[best_k]
     precisions = {name: "float" for name in order[:best_k]}
     if first_pass is not None and best_k and req.fallback_cost == "size":
-        ladder = _Ladder(req, judge, scratch, with_float, result, search)
-        chosen, quality, precisions = ladder.lower(order[:best_k], chosen, quality)
+        ladder = _Ladder(req, judge, scratch, with_float, with_mix, result, search)
+        chosen, quality, precisions = ladder.lower(tuple(order[:best_k]), chosen, quality)
     search.edits = edits.count
     search.tried = [{"kept_in_float": n, "layers": [_title(layers, name) for name in order[:n]],
                      **tried[n][1].to_dict(), "passed": _excess(tried[n][1], req.budgets) <= 1.0}
@@ -338,10 +342,12 @@ class _Ladder:
     bisection on how many), then the weights of those left in float to fp16 (all or none)."""
 
     def __init__(self, req: Request, judge: Judge, scratch: Callable[[str], Path],
-                 with_float: Callable[[tuple[str, ...], str], ExportResult], plain: ExportResult,
+                 with_float: Callable[[tuple[str, ...], str], ExportResult],
+                 with_mix: Callable[[tuple[str, ...], tuple[str, ...], str], ExportResult], plain: ExportResult,
                  search: SearchInfo) -> None:
         record = registry.export_path(req.key)
         self._widen = registry.load(record.int16_edit) if record and record.int16_edit else None
+        self._mix = with_mix if record and record.int16_layers and self._widen is None else None
         self._fp16 = registry.load(record.fp16_edit) if record and record.fp16_edit else None
         self._req, self._judge, self._scratch, self._with_float = req, judge, scratch, with_float
         self._plain, self._search = plain, search
@@ -350,7 +356,7 @@ class _Ladder:
               ) -> tuple[ExportResult, Quality, dict[str, str]]:
         """The artifact, its quality and each kept layer's precision, from the float one that held."""
         precisions = {name: "float" for name in kept}
-        if self._widen is not None:
+        if self._widen is not None or self._mix is not None:
             best, low, high = 0, 0, len(kept)
             guess = high
             while guess > low:
@@ -381,6 +387,15 @@ class _Ladder:
     def _try_int16(self, kept: tuple[str, ...], count: int) -> tuple[ExportResult, Quality] | None:
         """The least sensitive ``count`` kept layers at 16-bit activations, the rest float."""
         floats, wide = kept[:len(kept) - count], kept[len(kept) - count:]
+        if self._mix is not None:  # the quantizer gives those layers 16-bit activations itself
+            try:
+                widened = self._mix(floats, wide, f"int16_{count}")
+            except ConversionError as exc:  # that mix is beyond the quantizer: the rung stops there
+                self._search.ladder = [*(self._search.ladder or []), {
+                    "rung": "int16", "int16": count, "float": len(floats), "passed": False,
+                    "refused": str(exc).splitlines()[0][:300]}]
+                return None
+            return widened, self._record("int16", {"int16": count, "float": len(floats)}, widened)
         base = self._with_float(floats, f"int16_{count}_base") if floats else self._plain
         try:
             widened = self._widen(base.path, wide, self._scratch(f"int16_{count}").with_suffix(base.path.suffix))

@@ -62,6 +62,9 @@ class ExportPath:
     # layers left in float stored as fp16. None: the path has no such rung.
     int16_edit: str | None = None
     fp16_edit: str | None = None
+    # Where the quantizer itself gives named layers 16-bit activations (``QuantConfig.int16_activations``),
+    # its mechanism; a path without an int16 edit then quantizes each int16 try.
+    int16_layers: str | None = None
 
     def __post_init__(self):
         # Several records share one calibration dict; frozen means nobody can edit it through one.
@@ -126,6 +129,7 @@ _ORT_LAYERS, _NNCF_LAYERS = ("edgeopt.passes.quantize.onnx:quantized_layers",
                              "edgeopt.passes.quantize.openvino:quantized_layers")
 _AEQ_KEEP = "ai-edge-quantizer recipe, NO_QUANTIZE entries for the ops' output tensor names"
 _AEQ_LAYERS = "edgeopt.passes.quantize.tflite_aeq:quantized_layers"
+_AEQ_INT16 = "ai-edge-quantizer recipe, 16-bit activation (A16W8) entries for the ops' output tensor names"
 _ORT_EDIT = "edgeopt.passes.quantize.onnx_float_edit:keep_in_float"
 _ORT_SENSITIVITY = "edgeopt.passes.quantize.onnx_sensitivity:added_error"
 _ORT_INT16 = "edgeopt.passes.quantize.onnx_int16_edit:widen_activations"
@@ -142,9 +146,11 @@ EXPORTS: tuple[ExportPath, ...] = (
                             "minmax": "TFLite converter representative_dataset (min/max ranges)"},
                keep_float=_TFLITE_KEEP, layers="edgeopt.passes.quantize.tflite:keras_layers"),
     ExportPath("torch->tflite", "edgeopt.exporters.tflite_onnx:convert_torch", _AEQ_QUANTIZE, (LITERT_TORCH, AEQ),
-               calibration=_AEQ_CALIB, keep_float=_AEQ_KEEP, layers=_AEQ_LAYERS),
+               calibration=_AEQ_CALIB, keep_float=_AEQ_KEEP, layers=_AEQ_LAYERS,
+               int16_layers=_AEQ_INT16),
     ExportPath("onnx->tflite", "edgeopt.exporters.tflite_onnx:convert_onnx", _AEQ_QUANTIZE,
-               (ONNX, ORT, TORCH, LITERT_TORCH, AEQ), calibration=_AEQ_CALIB, keep_float=_AEQ_KEEP, layers=_AEQ_LAYERS),
+               (ONNX, ORT, TORCH, LITERT_TORCH, AEQ), calibration=_AEQ_CALIB, keep_float=_AEQ_KEEP, layers=_AEQ_LAYERS,
+               int16_layers=_AEQ_INT16),
     ExportPath("keras->onnx", "edgeopt.exporters.onnx:convert_keras", _ORT_QUANTIZE, (TF2ONNX, ORT),
                calibration=_ORT_CALIB, keep_float=_ORT_KEEP, layers=_ORT_LAYERS,
                float_edit=_ORT_EDIT, sensitivity=_ORT_SENSITIVITY, int16_edit=_ORT_INT16),

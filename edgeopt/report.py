@@ -265,7 +265,8 @@ def quantization_lines(a: dict[str, Any]) -> list[str]:
         lines += ["", "Lowering the layers kept in float (int16: 16-bit activations, int8 weights; fp16: fp16 weights):",
                   "", "| rung | int16 | fp16 | float | fidelity drop | within budget |", "|---|---|---|---|---|---|"]
         lines += [f"| {t['rung']} | {t.get('int16', '')} | {t.get('fp16', '')} | {t.get('float', '')} | "
-                  f"{t['fidelity_drop']:.3g} | {'yes' if t['passed'] else 'no'} |" for t in search["ladder"]]
+                  + (f"{t['fidelity_drop']:.3g}" if "fidelity_drop" in t else f"refused: {t.get('refused')}")
+                  + f" | {'yes' if t['passed'] else 'no'} |" for t in search["ladder"]]
     if search.get("ranking"):
         method = search.get("ranking_method", "each layer alone in int8, the rest float")
         lines += ["", f"Sensitivity ({method}; the layers most worth keeping in float first):", "",

@@ -182,6 +182,32 @@ SPIKE = 50.0
 
 
 @pytest.mark.slow
+def test_tflite_from_onnx_with_size_as_the_cost_gives_kept_layers_16_bit_activations(outlier, tmp_path):
+    """Calibration data with a spike in every sample (the TFLite path's range rule averages a lone
+    one away) on the onnx->tflite path: ai-edge-quantizer's A16W8 recipe entries quantize each
+    int16 try."""
+    pytest.importorskip("litert_torch")
+    pytest.importorskip("ai_edge_quantizer")
+    calib = np.load(outlier / "calib_nchw.npz")["image"].copy()
+    calib[:, :, 0, 0] = SPIKE
+    np.savez(tmp_path / "spiky.npz", image=calib)
+    out = tmp_path / "out"
+    result = _cli("compress", outlier / "outlier.onnx", "--target", "tflite", "--calib", tmp_path / "spiky.npz",
+                  "--val", outlier / "val_nchw.npz", "-o", out, "--max-fidelity-drop", "1",
+                  "--fallback-cost", "size", *FAST)
+    assert result.exit_code == 0, result.output
+    (artifact,) = json.loads((out / "report.json").read_text())["artifacts"]
+    q = artifact["quantization"]
+    assert q["precisions"]["int16"], q["search"]["ladder"]
+    assert q["search"]["after"]["fidelity_drop"] <= 1.0
+    # In the file: int16 tensors (the 16-bit activations) beside int8 ones.
+    from edgeopt.tflite_file import check_tflite
+
+    dtypes = {t.dtype for t in check_tflite(out / "outlier_int8.tflite")}
+    assert {"int16", "int8"} <= dtypes, dtypes
+
+
+@pytest.mark.slow
 def test_tflite_budget_search_denylists_the_outlier_pair(outlier, tmp_path):
     pytest.importorskip("tensorflow")
     pytest.importorskip("ai_edge_litert")

@@ -27,6 +27,9 @@ class QuantConfig:
     keep_float: tuple[str, ...] = ()
     # edgeopt's empirical bias correction after the backend quantizes (ONNX: onnx_bias_correction)
     bias_correction: bool = False
+    # Layers (named as keep_float names them) whose activations are quantized to 16 bits, their
+    # weights to int8: the ladder's int16 rung on paths that quantize it (``ExportPath.int16_layers``).
+    int16_activations: tuple[str, ...] = ()
 
     def describe(self) -> str:
         method = {"percentile": f"percentile {self.percentile:g}", "auto": "the backend's default"}.get(self.method,

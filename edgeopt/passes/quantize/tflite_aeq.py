@@ -43,7 +43,8 @@ def quantize(artifact: FloatArtifact, out: Path, *, precision: str, calib: Subse
         float_path.write_bytes(native.flatbuffer)
         try:
             with quiet():
-                recipe, label = _recipe(precision, calib, int8_io, quant.per_channel, quant.keep_float)
+                recipe, label = _recipe(precision, calib, int8_io, quant.per_channel, quant.keep_float,
+                                        quant.int16_activations)
                 qt = quantizer.Quantizer(str(float_path))
                 qt.load_quantization_recipe(recipe)
                 if label != "int8":
@@ -54,7 +55,7 @@ def quantize(artifact: FloatArtifact, out: Path, *, precision: str, calib: Subse
                     rule_key = ("range rule", id(calib))
                     if int8_io:  # int8 inputs: the judging runs feed floats, so keep the default rule
                         qt.quantize(ranges[range_rule.MOVING]).export_model(str(out), overwrite=True)
-                    elif quant.keep_float and rule_key in artifact.memo:
+                    elif (quant.keep_float or quant.int16_activations) and rule_key in artifact.memo:
                         qt.quantize(ranges[artifact.memo[rule_key]]).export_model(str(out), overwrite=True)
                     else:
                         artifact.memo[rule_key], note = range_rule.choose(qt, ranges, rows, float_path, out,
@@ -65,7 +66,10 @@ def quantize(artifact: FloatArtifact, out: Path, *, precision: str, calib: Subse
     if quant.keep_float:
         notes.append(f"Kept in float in '{out.name}' (ai-edge-quantizer NO_QUANTIZE recipe entries): "
                      f"{', '.join(quant.keep_float)}.")
-    return ExportResult(out, label, notes, float_fallback=bool(quant.keep_float))
+    if quant.int16_activations:
+        notes.append(f"16-bit activations in '{out.name}' (ai-edge-quantizer A16W8 recipe entries): "
+                     f"{', '.join(quant.int16_activations)}.")
+    return ExportResult(out, label, notes, float_fallback=bool(quant.keep_float or quant.int16_activations))
 
 
 def _ranges(artifact: FloatArtifact, quantizer: Any, float_path: Path, calib: Subset, rows: dict[str, Any],
@@ -88,7 +92,7 @@ def quantized_layers(floating: FloatArtifact, artifact: Path, *, calib: Subset |
 
 
 def _recipe(precision: str, calib: Subset | None, int8_io: bool, per_channel: bool = True,
-            keep_float: tuple[str, ...] = ()) -> tuple[Any, str]:
+            keep_float: tuple[str, ...] = (), int16_activations: tuple[str, ...] = ()) -> tuple[Any, str]:
     manager_module = require("ai_edge_quantizer.recipe_manager", "Quantizing TFLite models")
     qtyping = require("ai_edge_quantizer.qtyping", "Quantizing TFLite models")
     algorithms = require("ai_edge_quantizer.algorithm_manager", "Quantizing TFLite models").AlgorithmName
@@ -114,6 +118,9 @@ def _recipe(precision: str, calib: Subset | None, int8_io: bool, per_channel: bo
     for name in keep_float:
         manager.add_quantization_config(f"^{re.escape(name)};", ops.ALL_SUPPORTED, op_config=in_float,
                                         algorithm_key=algorithms.NO_QUANTIZE)
+    for name in int16_activations:  # LiteRT's 16x8 kernels: symmetric int16 activations, int8 weights
+        manager.add_static_config(f"^{re.escape(name)};", ops.ALL_SUPPORTED, activation_num_bits=16,
+                                  weight_num_bits=8, weight_granularity=granularity)
     return manager.get_quantization_recipe(), "int8"
 
 
