@@ -172,6 +172,8 @@ OPTIONS: tuple[Option, ...] = (
            "method it lacks. auto: the backend's own default (min/max for TFLite and onnxruntime, NNCF's mean "
            "of per-sample min/max)."),
     Option("calibration.percentile", "--percentile", "Percentile for --calib-method percentile [default: 99.999]."),
+    Option("calibration.equalization", "--equalization",
+           "ONNX: also try the float graph after cross-layer equalization as a candidate of the int8 model."),
     Option("calibration.per_channel", "--per-tensor", "One scale per weight tensor instead of one per output channel.",
            name="per_channel"),
     Option("overrides", None, "Layer/node-name regex -> 'float' or 'int8'; the last match wins.", name="overrides"),

@@ -81,7 +81,8 @@ PLAIN_INT8 = "int8 (no layer in float)"  # the variant that shows what keeping l
 
 def quant_settings(config: recipe.CompressConfig) -> QuantConfig:
     c = config.calibration
-    return QuantConfig(method=c.method, percentile=c.percentile or DEFAULT_PERCENTILE, per_channel=c.per_channel)
+    return QuantConfig(method=c.method, percentile=c.percentile or DEFAULT_PERCENTILE, per_channel=c.per_channel,
+                       equalization=c.equalization)
 
 
 def source_framework(model: Path) -> str | None:

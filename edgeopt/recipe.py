@@ -38,6 +38,9 @@ class CalibrationConfig(_Strict):
     method: Literal["auto", "minmax", "percentile", "entropy", "mse"] = "auto"
     percentile: float | None = Field(None, gt=50.0, le=100.0)  # method percentile; default 99.999
     per_channel: bool = True  # weights: one scale per output channel, or one per tensor
+    # ONNX: the plain int8 model may be chosen from the graph after cross-layer equalization too
+    # (opt-in until the conformance suite has measured it)
+    equalization: bool = False
 
     @model_validator(mode="after")
     def _percentile_goes_with_its_method(self) -> CalibrationConfig:

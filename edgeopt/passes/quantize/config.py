@@ -27,6 +27,10 @@ class QuantConfig:
     keep_float: tuple[str, ...] = ()
     # edgeopt's empirical bias correction after the backend quantizes (ONNX: onnx_bias_correction)
     bias_correction: bool = False
+    # edgeopt's cross-layer equalization of the float graph before quantizing (ONNX: equalization):
+    # whether the plain int8 model may be chosen from the equalized graph, and whether this one is
+    equalization: bool = False
+    equalize: bool = False
     # Layers (named as keep_float names them) whose activations are quantized to 16 bits, their
     # weights to int8: the ladder's int16 rung on paths that quantize it (``ExportPath.int16_layers``).
     int16_activations: tuple[str, ...] = ()

@@ -16,6 +16,7 @@ import contextlib
 import io
 import tempfile
 from collections import Counter
+from dataclasses import replace
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from edgeopt.frameworks.base import LoadedModel
 from edgeopt.names import match_inputs
 from edgeopt.outputs import working_dir
 from edgeopt.passes.quantize import onnx_granularity as granularity
-from edgeopt.passes.quantize import onnx_bias_correction, onnx_range_setting
+from edgeopt.passes.quantize import equalization, onnx_bias_correction, onnx_range_setting
 from edgeopt.passes.quantize.onnx_prepared import MEMO_KEY
 from edgeopt.passes.quantize.config import DEFAULT_QUANT, QuantConfig, check_quant
 
@@ -76,9 +77,22 @@ def quantize(artifact: FloatArtifact, out: Path, *, precision: str, calib: Subse
             weights = {t.name for t in proto.graph.initializer}
             names = [v.name for v in proto.graph.input if v.name not in weights]
             pairs = list(zip(names, match_inputs(names, source.handle.input_names)))
-            quantized, note, _chosen = granularity.choose(
-                lambda path, settings: _quantize_static(prepared, Path(tmp), path, artifact, calib, settings),
-                float_path, out, calib, quant, pairs)
+            graphs = {False: (prepared, ("prepared", raise_opset))}
+            equalized = _equalized(onnx, artifact, prepared, Path(tmp), raise_opset) if quant.equalization else None
+            if equalized is not None:
+                graphs[True] = equalized
+
+            def candidate(path: Path, settings: QuantConfig) -> Any:
+                graph, key = graphs[settings.equalize]
+                if key in artifact.memo:  # what edits, the ranking and the bias correction read
+                    artifact.memo[MEMO_KEY] = artifact.memo[key]
+                return _quantize_static(graph, Path(tmp), path, artifact, calib, settings)
+
+            quantized, note, chosen = granularity.choose(candidate, float_path, out, calib, quant, pairs,
+                                                         equalizable=equalized is not None)
+            key = graphs[chosen.equalize][1]
+            if key in artifact.memo:
+                artifact.memo[MEMO_KEY] = artifact.memo[key]
             notes.append(note)
         else:
             quantized = _quantize_static(prepared, Path(tmp), out, artifact, calib, quant)
@@ -127,6 +141,23 @@ def _prepared(onnx: Any, artifact: FloatArtifact, float_path: Path, tmp: Path, r
         return prepared
     artifact.memo[("prepared", raised)] = artifact.memo[MEMO_KEY] = data
     return prepared
+
+
+def _equalized(onnx: Any, artifact: FloatArtifact, prepared: Path, tmp: Path, raised: bool
+               ) -> tuple[Path, tuple[str, bool]] | None:
+    """The prepared graph after cross-layer equalization (``equalization``), written to ``tmp``, and
+    its memo key; None where it has no chain to equalize (or is too large to keep)."""
+    key = ("equalized", raised)
+    path = tmp / "equalized.onnx"
+    if key not in artifact.memo:
+        if ("prepared", raised) not in artifact.memo:
+            return None
+        model = onnx.load_from_string(artifact.memo[("prepared", raised)])
+        artifact.memo[key] = model.SerializeToString() if equalization.equalize(onnx, model) else None
+    if artifact.memo[key] is None:
+        return None
+    path.write_bytes(artifact.memo[key])
+    return path, key
 
 
 # Per-channel DequantizeLinear (its ``axis``) exists from opset 13; ONNX Runtime's quantizer writes
@@ -194,8 +225,7 @@ def _quantize_static(prepared: Path, tmp: Path, out: Path, artifact: FloatArtifa
         if onnx_bias_correction.correct(artifact, out, rows):
             quantized = onnx.load(str(out))
     if ranges is not None and ranges.is_file():
-        artifact.memo[("ranges", id(calib), RANGES_OF.get(quant.method, quant.method), quant.percentile)] = \
-            ranges.read_text()
+        artifact.memo[_ranges_key(calib, quant)] = ranges.read_text()
     return quantized
 
 
@@ -237,13 +267,13 @@ def _ranges(ort_quant: Any, prepared: Path, tmp: Path, artifact: FloatArtifact, 
     if "calibration_cache_path" not in inspect.signature(ort_quant.quantize_static).parameters:
         return None
     path = tmp / "ranges.json"
-    key = ("ranges", id(calib), RANGES_OF.get(quant.method, quant.method), quant.percentile)
-    if key not in artifact.memo and key[2] in onnx_range_setting.CACHES:
+    key = _ranges_key(calib, quant)
+    if key not in artifact.memo and RANGES_OF.get(quant.method, quant.method) in onnx_range_setting.CACHES:
         # One pass over the calibration data gives min/max (onnxruntime's MinMax, computed alike)
-        # and edgeopt's ranges: both candidates of the plain int8 model, calibrated once.
+        # and edgeopt's ranges: both candidates of the plain int8 model, calibrated once per graph.
         for method, text in onnx_range_setting.caches(prepared, calib, artifact.model.handle.input_names,
                                                      tmp).items():
-            artifact.memo[("ranges", id(calib), method, quant.percentile)] = text
+            artifact.memo[_ranges_key(calib, replace(quant, method=method))] = text
     cached = artifact.memo.get(key)
     if cached is not None:
         path.write_text(cached)
@@ -259,6 +289,12 @@ def _ranges(ort_quant: Any, prepared: Path, tmp: Path, artifact: FloatArtifact, 
             calibrator.collect_data(_reader(ort_quant, calib, names, artifact.model.handle.input_names))
             ort_quant.save_tensors_data(calibrator.compute_data(), path)
     return path
+
+
+def _ranges_key(calib: Subset, quant: QuantConfig) -> tuple:
+    """The memo key of the activation ranges ``quant`` quantizes with: per calibration set, method
+    and graph (equalization moves the ranges of the tensors between equalized convs)."""
+    return "ranges", id(calib), RANGES_OF.get(quant.method, quant.method), quant.percentile, quant.equalize
 
 
 def quantized_layers(floating: FloatArtifact, artifact: Path, *, calib: Subset | None = None,
