@@ -305,6 +305,22 @@ def build_outlier_onnx(seed: int = 0, batch: int | None = None):
     return model
 
 
+def outlier_source(root):
+    """The outlier ONNX model saved in ``root``, loaded, with 48 calibration samples: (path, the
+    loaded model, its calibration Subset, the generator that made them, to draw more from)."""
+    import onnx
+
+    from edgeopt.frameworks import onnx as onnx_loader
+    from edgeopt.model import Format
+
+    path = root / "outlier.onnx"
+    onnx.save(build_outlier_onnx(), str(path))
+    source = onnx_loader.load(path, Format.ONNX)
+    rng = np.random.default_rng(1)
+    np.savez(root / "calib.npz", image=rng.random((48, 3, OUTLIER_SIZE, OUTLIER_SIZE), dtype=np.float32))
+    return path, source, calib_subset(root / "calib.npz", source.handle.inputs), rng
+
+
 def build_outlier_keras(seed: int = 0):
     """The same network as a Keras model (NHWC), layers conv0..conv9."""
     import keras

@@ -98,18 +98,11 @@ def test_the_onnx_pass_picks_the_equalized_graph_where_it_is_closer(tmp_path):
     from dataclasses import replace
 
     import tiny_models
-    from edgeopt.frameworks import onnx as onnx_loader
-    from edgeopt.model import Format
     from edgeopt.passes.quantize import convert, quantize
     from edgeopt.passes.quantize.config import DEFAULT_QUANT
 
-    path = tmp_path / "outlier.onnx"
-    onnx.save(tiny_models.build_outlier_onnx(), str(path))
-    source = onnx_loader.load(path, Format.ONNX)
-    rng = np.random.default_rng(1)
+    path, source, calib, rng = tiny_models.outlier_source(tmp_path)
     size = tiny_models.OUTLIER_SIZE
-    np.savez(tmp_path / "calib.npz", image=rng.random((48, 3, size, size), dtype=np.float32))
-    calib = tiny_models.calib_subset(tmp_path / "calib.npz", source.handle.inputs)
     floating = convert("onnx->onnx", source, tmp_path / "float.onnx")
     feed = {"image": rng.random((20, 3, size, size), dtype=np.float32)}
     want = tiny_models.run_onnx(path, feed)[0]

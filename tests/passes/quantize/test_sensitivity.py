@@ -12,12 +12,10 @@ import pytest
 
 from edgeopt.deps import no_telemetry
 
-onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnx")
 
 import tiny_models  # noqa: E402
 from edgeopt.exporters.base import FloatArtifact  # noqa: E402
-from edgeopt.frameworks import onnx as onnx_loader  # noqa: E402
-from edgeopt.model import Format  # noqa: E402
 from edgeopt.passes.quantize import convert, onnx_sensitivity, quantize  # noqa: E402
 from edgeopt.passes.quantize.config import DEFAULT_QUANT  # noqa: E402
 
@@ -34,13 +32,8 @@ def test_the_reader_of_the_outliers_adds_the_most_error(target, tmp_path):
             pytest.importorskip(module)
     backend = importlib.import_module(f"edgeopt.passes.quantize.{target}")
     ranking = importlib.import_module(f"edgeopt.passes.quantize.{target}_sensitivity")
-    path = tmp_path / "outlier.onnx"
-    onnx.save(tiny_models.build_outlier_onnx(), str(path))
-    source = onnx_loader.load(path, Format.ONNX)
-    rng = np.random.default_rng(1)
+    _, source, calib, rng = tiny_models.outlier_source(tmp_path)
     size = tiny_models.OUTLIER_SIZE
-    np.savez(tmp_path / "calib.npz", image=rng.random((48, 3, size, size), dtype=np.float32))
-    calib = tiny_models.calib_subset(tmp_path / "calib.npz", source.handle.inputs)
     floating = convert(f"onnx->{target}", source, tmp_path / f"float{suffix}")
     # Cross-layer equalization alone repairs this net (test_equalization); the ranking is tested here.
     plain = quantize(floating, tmp_path / f"int8{suffix}", precision="int8", calib=calib,
