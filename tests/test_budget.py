@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -145,16 +146,7 @@ def test_with_size_as_the_cost_layers_out_of_int8_get_16_bit_activations_where_t
     over the same ranges absorb; conv3's tiny weights for conv2's outlier channels (rounded to 0 in
     int8) are a weight error they cannot, and conv3 stays float."""
     onnx = pytest.importorskip("onnx")
-    calib = np.load(outlier / "calib_nchw.npz")["image"].copy()
-    calib[0, :, 0, 0] = SPIKE
-    np.savez(tmp_path / "spiky.npz", image=calib)
-    out = tmp_path / "out"
-    result = _cli("compress", outlier / "outlier.onnx", "--target", "onnx", "--calib", tmp_path / "spiky.npz",
-                  "--val", outlier / "val_nchw.npz", "-o", out, "--max-fidelity-drop", "1",
-                  "--fallback-cost", "size", *FAST)
-    assert result.exit_code == 0, result.output
-    (artifact,) = json.loads((out / "report.json").read_text())["artifacts"]
-    q = artifact["quantization"]
+    out, result, q = _spiky_search(outlier, tmp_path, "onnx", samples=slice(0, 1))
     kept = q["keep_float"]
     assert q["precisions"]["float"] == ["conv3"] and set(q["precisions"]["int16"]) == set(kept) - {"conv3"}
     assert len(kept) >= 3
@@ -181,6 +173,21 @@ def test_with_size_as_the_cost_layers_out_of_int8_get_16_bit_activations_where_t
 SPIKE = 50.0
 
 
+def _spiky_search(outlier: Path, tmp_path: Path, target: str, samples: slice) -> tuple[Path, Any, dict]:
+    """The outlier model compressed for ``target`` within a 1-point budget, size as the cost, its
+    calibration ``samples`` holding a spike of SPIKE: (out dir, CLI result, artifacts[0].quantization)."""
+    calib = np.load(outlier / "calib_nchw.npz")["image"].copy()
+    calib[samples, :, 0, 0] = SPIKE
+    np.savez(tmp_path / "spiky.npz", image=calib)
+    out = tmp_path / "out"
+    result = _cli("compress", outlier / "outlier.onnx", "--target", target, "--calib", tmp_path / "spiky.npz",
+                  "--val", outlier / "val_nchw.npz", "-o", out, "--max-fidelity-drop", "1",
+                  "--fallback-cost", "size", *FAST)
+    assert result.exit_code == 0, result.output
+    (artifact,) = json.loads((out / "report.json").read_text())["artifacts"]
+    return out, result, artifact["quantization"]
+
+
 @pytest.mark.slow
 def test_tflite_from_onnx_with_size_as_the_cost_gives_kept_layers_16_bit_activations(outlier, tmp_path):
     """Calibration data with a spike in every sample (the TFLite path's range rule averages a lone
@@ -188,16 +195,7 @@ def test_tflite_from_onnx_with_size_as_the_cost_gives_kept_layers_16_bit_activat
     int16 try."""
     pytest.importorskip("litert_torch")
     pytest.importorskip("ai_edge_quantizer")
-    calib = np.load(outlier / "calib_nchw.npz")["image"].copy()
-    calib[:, :, 0, 0] = SPIKE
-    np.savez(tmp_path / "spiky.npz", image=calib)
-    out = tmp_path / "out"
-    result = _cli("compress", outlier / "outlier.onnx", "--target", "tflite", "--calib", tmp_path / "spiky.npz",
-                  "--val", outlier / "val_nchw.npz", "-o", out, "--max-fidelity-drop", "1",
-                  "--fallback-cost", "size", *FAST)
-    assert result.exit_code == 0, result.output
-    (artifact,) = json.loads((out / "report.json").read_text())["artifacts"]
-    q = artifact["quantization"]
+    out, _result, q = _spiky_search(outlier, tmp_path, "tflite", samples=slice(None))
     assert q["precisions"]["int16"], q["search"]["ladder"]
     assert q["search"]["after"]["fidelity_drop"] <= 1.0
     # In the file: int16 tensors (the 16-bit activations) beside int8 ones.
