@@ -223,8 +223,35 @@ def _fix_sizes_for_tflite(config: recipe.CompressConfig, source: LoadedModel, da
     return fixed
 
 
+class StepClock:
+    """Passes progress messages on and keeps how long each step took, for the report: a user
+    (and ``benchmarks/accuracy.py``) can tell the model's loading from edgeopt's own work."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self._progress = progress or (lambda _msg: None)
+        self._current: tuple[str, float] | None = None
+        self.steps: list[dict[str, Any]] = []
+
+    def __call__(self, message: str) -> None:
+        self._close()
+        self._current = (message, time.perf_counter())
+        self._progress(message)
+
+    def _close(self) -> None:
+        if self._current is not None:
+            message, began = self._current
+            self.steps.append({"step": message, "seconds": round(time.perf_counter() - began, 3)})
+            self._current = None
+
+    def so_far(self) -> list[dict[str, Any]]:
+        """The finished steps and the one running now, up to now."""
+        running = [] if self._current is None else [
+            {"step": self._current[0], "seconds": round(time.perf_counter() - self._current[1], 3)}]
+        return [*self.steps, *running]
+
+
 def compress(config: recipe.CompressConfig, progress: Progress | None = None) -> Result:
-    say = progress or (lambda _msg: None)
+    say = StepClock(progress)
     started = time.perf_counter()
     out_dir = config.output_dir()
     check_output_dir(out_dir)
@@ -348,6 +375,7 @@ def compress(config: recipe.CompressConfig, progress: Progress | None = None) ->
             artifacts=artifacts, notes=notes, wall_seconds=time.perf_counter() - started)
         if len(stage_info) > 1:
             report["stages"] = _stage_table(stage_info, artifacts[0].to_dict())
+        report["step_seconds"] = say.so_far()
         report["warnings"] = warnings
         if guarding is not None:
             report["guard"] = {"limit": round(guarding.limit, 4), "measure": guarding.measure,
