@@ -174,6 +174,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("calibration.percentile", "--percentile", "Percentile for --calib-method percentile [default: 99.999]."),
     Option("calibration.equalization", "--equalization",
            "ONNX: also try the float graph after cross-layer equalization as a candidate of the int8 model."),
+    Option("calibration.smoothing", "--no-smoothing", name="smoothing",
+           help="ONNX: no SmoothQuant-style migration of MatMul/Gemm activation outliers as an int8 candidate."),
+    Option("calibration.optimize", "--optimize",
+           "adaround: learn whether each int8 weight rounds up or down, layer by layer, so that the layers' "
+           "outputs change least (ONNX targets; needs torch)."),
+    Option("calibration.optimize_seconds", "--optimize-seconds", "Time limit of --optimize [default: 120]."),
     Option("calibration.per_channel", "--per-tensor", "One scale per weight tensor instead of one per output channel.",
            name="per_channel"),
     Option("overrides", None, "Layer/node-name regex -> 'float' or 'int8'; the last match wins.", name="overrides"),

@@ -82,7 +82,8 @@ PLAIN_INT8 = "int8 (no layer in float)"  # the variant that shows what keeping l
 def quant_settings(config: recipe.CompressConfig) -> QuantConfig:
     c = config.calibration
     return QuantConfig(method=c.method, percentile=c.percentile or DEFAULT_PERCENTILE, per_channel=c.per_channel,
-                       equalization=c.equalization)
+                       equalization=c.equalization, smoothing=c.smoothing,
+                       adaround_seconds=c.optimize_seconds if c.optimize == "adaround" else None)
 
 
 def source_framework(model: Path) -> str | None:
@@ -117,6 +118,10 @@ def check_plan(config: recipe.CompressConfig) -> None:
         what = "Per-layer overrides (--keep-float)" if config.overrides else "The accuracy-budget search"
         raise UsageError(f"{what} choose which layers of a full-integer int8 model stay in float, and there is "
                          "no calibration data: without it int8 is dynamic range.", hint="Pass --calib PATH.")
+    if c.optimize and (not int8 or c.data is None):
+        raise UsageError(f"--optimize {c.optimize} learns the rounding of int8 weights on calibration data; "
+                         + ("there is no calibration data." if int8 else f"precision is {config.precision}."),
+                         hint="Pass --calib PATH with --precision int8, or drop --optimize.")
     if not int8 or c.data is None:
         if int8 and (c.method not in ("auto", "minmax") or not c.per_channel or c.percentile is not None):
             raise UsageError(f"Calibration method '{c.method}' and per-tensor weights need calibration data, and "

@@ -41,6 +41,12 @@ class CalibrationConfig(_Strict):
     # ONNX: the plain int8 model may be chosen from the graph after cross-layer equalization too
     # (opt-in until the conformance suite has measured it)
     equalization: bool = False
+    # ONNX: the plain int8 model may be chosen from the graph after SmoothQuant-style migration of
+    # MatMul/Gemm activation outliers; a graph without such activations has no such candidate
+    smoothing: bool = True
+    # Learned rounding of the int8 weights (ONNX), within optimize_seconds
+    optimize: Literal["adaround"] | None = None
+    optimize_seconds: float = Field(120.0, gt=0)
 
     @model_validator(mode="after")
     def _percentile_goes_with_its_method(self) -> CalibrationConfig:

@@ -65,6 +65,9 @@ class ExportPath:
     # Where the quantizer itself gives named layers 16-bit activations (``QuantConfig.int16_activations``),
     # its mechanism; a path without an int16 edit then quantizes each int16 try.
     int16_layers: str | None = None
+    # edgeopt's own algorithms that learn from the int8 artifact, by the name --optimize takes
+    # ("adaround": ``passes.quantize.onnx_adaround``); a path without one refuses it before work.
+    optimizers: tuple[str, ...] = ()
 
     def __post_init__(self):
         # Several records share one calibration dict; frozen means nobody can edit it through one.
@@ -134,6 +137,7 @@ _ORT_EDIT = "edgeopt.passes.quantize.onnx_float_edit:keep_in_float"
 _ORT_SENSITIVITY = "edgeopt.passes.quantize.onnx_sensitivity:added_error"
 _ORT_INT16 = "edgeopt.passes.quantize.onnx_int16_edit:widen_activations"
 _NNCF_FP16 = "edgeopt.passes.quantize.openvino:float_weights_in_fp16"
+_ORT_OPTIMIZERS = ("adaround",)
 _NNCF_SENSITIVITY = "edgeopt.passes.quantize.openvino_sensitivity:added_error"
 # No OpenVINO edit: NNCF moves a FakeQuantize up through reshapes and pools, where other ops share
 # it, and bypassing only the quantizers an op reads directly left a 10-conv test net 12 points
@@ -153,13 +157,16 @@ EXPORTS: tuple[ExportPath, ...] = (
                int16_layers=_AEQ_INT16),
     ExportPath("keras->onnx", "edgeopt.exporters.onnx:convert_keras", _ORT_QUANTIZE, (TF2ONNX, ORT),
                calibration=_ORT_CALIB, keep_float=_ORT_KEEP, layers=_ORT_LAYERS,
-               float_edit=_ORT_EDIT, sensitivity=_ORT_SENSITIVITY, int16_edit=_ORT_INT16),
+               float_edit=_ORT_EDIT, sensitivity=_ORT_SENSITIVITY, int16_edit=_ORT_INT16,
+               optimizers=_ORT_OPTIMIZERS),
     ExportPath("torch->onnx", "edgeopt.exporters.onnx:convert_torch", _ORT_QUANTIZE, (TORCH, ONNXSCRIPT, ORT),
                calibration=_ORT_CALIB, keep_float=_ORT_KEEP, layers=_ORT_LAYERS,
-               float_edit=_ORT_EDIT, sensitivity=_ORT_SENSITIVITY, int16_edit=_ORT_INT16),
+               float_edit=_ORT_EDIT, sensitivity=_ORT_SENSITIVITY, int16_edit=_ORT_INT16,
+               optimizers=_ORT_OPTIMIZERS),
     ExportPath("onnx->onnx", "edgeopt.exporters.onnx:convert_onnx", _ORT_QUANTIZE, (ONNX, ORT),
                calibration=_ORT_CALIB, keep_float=_ORT_KEEP, layers=_ORT_LAYERS,
-               float_edit=_ORT_EDIT, sensitivity=_ORT_SENSITIVITY, int16_edit=_ORT_INT16),
+               float_edit=_ORT_EDIT, sensitivity=_ORT_SENSITIVITY, int16_edit=_ORT_INT16,
+               optimizers=_ORT_OPTIMIZERS),
     ExportPath("keras->openvino", "edgeopt.exporters.openvino:convert_keras", _NNCF_QUANTIZE, (TF, OPENVINO, NNCF),
                calibration=_NNCF_CALIB, keep_float=_NNCF_KEEP, layers=_NNCF_LAYERS,
                sensitivity=_NNCF_SENSITIVITY, fp16_edit=_NNCF_FP16),

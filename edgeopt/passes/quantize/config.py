@@ -31,6 +31,13 @@ class QuantConfig:
     # whether the plain int8 model may be chosen from the equalized graph, and whether this one is
     equalization: bool = False
     equalize: bool = False
+    # edgeopt's SmoothQuant-style migration of MatMul/Gemm activation outliers (ONNX: smoothing):
+    # whether the plain int8 model may be chosen from the smoothed graph, and whether this one is
+    smoothing: bool = True
+    smooth: bool = False
+    # edgeopt's learned rounding of the plain int8 model's weights (``--optimize adaround``): its
+    # time limit in seconds; None: nearest rounding, as the backend writes it
+    adaround_seconds: float | None = None
     # Layers (named as keep_float names them) whose activations are quantized to 16 bits, their
     # weights to int8: the ladder's int16 rung on paths that quantize it (``ExportPath.int16_layers``).
     int16_activations: tuple[str, ...] = ()
@@ -58,6 +65,12 @@ def check_quant(exporter_key: str, quant: QuantConfig, *, keep_float: bool = Fal
             f"its quantizer offers: {', '.join(methods) or 'none'}.",
             hint=f"Pick one of those for --calib-method (or calibration.method in the recipe), or drop "
                  f"'{target}' from the targets. edgeopt never swaps in another method silently.")
+    if quant.adaround_seconds and (path is None or "adaround" not in path.optimizers):
+        raise UsageError(
+            f"The {target} target ({exporter_key}) cannot learn the rounding of its int8 weights "
+            "(--optimize adaround).",
+            hint="Drop --optimize (or calibration.optimize in the recipe) for this target; "
+                 "edgeopt doctor lists the paths that offer it.")
     if keep_float and (path is None or path.keep_float is None):
         raise UsageError(
             f"The {target} target ({exporter_key}) cannot keep chosen layers in float, which per-layer "

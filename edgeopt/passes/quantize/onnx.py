@@ -34,7 +34,9 @@ from edgeopt.frameworks.base import LoadedModel
 from edgeopt.names import match_inputs
 from edgeopt.outputs import working_dir
 from edgeopt.passes.quantize import onnx_granularity as granularity
-from edgeopt.passes.quantize import equalization, onnx_bias_correction, onnx_range_setting
+from edgeopt.passes.quantize import equalization, onnx_adaround, onnx_bias_correction, onnx_range_setting, \
+    smoothing
+from edgeopt.passes.quantize.onnx_sensitivity import tapped_session
 from edgeopt.passes.quantize.onnx_prepared import MEMO_KEY
 from edgeopt.passes.quantize.config import DEFAULT_QUANT, QuantConfig, check_quant
 
@@ -77,25 +79,32 @@ def quantize(artifact: FloatArtifact, out: Path, *, precision: str, calib: Subse
             weights = {t.name for t in proto.graph.initializer}
             names = [v.name for v in proto.graph.input if v.name not in weights]
             pairs = list(zip(names, match_inputs(names, source.handle.input_names)))
-            graphs = {False: (prepared, ("prepared", raise_opset))}
+            graphs = {"prepared": (prepared, ("prepared", raise_opset))}
             equalized = _equalized(onnx, artifact, prepared, Path(tmp), raise_opset) if quant.equalization else None
             if equalized is not None:
-                graphs[True] = equalized
+                graphs["equalized"] = equalized
+            smoothed = _smoothed(onnx, artifact, prepared, Path(tmp), raise_opset, calib) if quant.smoothing else None
+            if smoothed is not None:
+                graphs["smoothed"] = smoothed
 
             def candidate(path: Path, settings: QuantConfig) -> Any:
-                graph, key = graphs[settings.equalize]
+                graph, key = graphs[_graph_of(settings)]
                 if key in artifact.memo:  # what edits, the ranking and the bias correction read
                     artifact.memo[MEMO_KEY] = artifact.memo[key]
                 return _quantize_static(graph, Path(tmp), path, artifact, calib, settings)
 
             quantized, note, chosen = granularity.choose(candidate, float_path, out, calib, quant, pairs,
-                                                         equalizable=equalized is not None)
-            key = graphs[chosen.equalize][1]
+                                                         equalizable=equalized is not None,
+                                                         smoothable=smoothed is not None)
+            key = graphs[_graph_of(chosen)][1]
             if key in artifact.memo:
                 artifact.memo[MEMO_KEY] = artifact.memo[key]
             notes.append(note)
         else:
             quantized = _quantize_static(prepared, Path(tmp), out, artifact, calib, quant)
+            chosen = quant
+        if quant.adaround_seconds and not quant.keep_float:
+            notes.append(_learned_rounding(artifact, out, calib, chosen))
     kept = set(quant.keep_float)
     floats = [f for f in float_compute_nodes(quantized) if f.split("'")[1] not in kept]
     if kept:
@@ -104,6 +113,21 @@ def quantize(artifact: FloatArtifact, out: Path, *, precision: str, calib: Subse
         notes.append(f"Some weighted ops stayed in float in '{out.name}': {', '.join(floats[:8])}"
                      + (f" and {len(floats) - 8} more" if len(floats) > 8 else "") + ".")
     return ExportResult(out, "int8", notes, float_fallback=bool(floats or kept))
+
+
+def _learned_rounding(artifact: FloatArtifact, out: Path, calib: Subset, quant: QuantConfig) -> str:
+    """AdaRound on the plain int8 model at ``out`` (then its bias correction again, where it had
+    one: the biases were corrected for the nearest rounding); returns the note saying what it did."""
+    rows = [row for row, _ in zip(calib, range(BIAS_CORRECTION_SAMPLES))]
+    rounded = onnx_adaround.optimize(artifact, out, rows, quant.adaround_seconds or 0.0)
+    if rounded.layers and quant.bias_correction:
+        onnx_bias_correction.correct(artifact, out, rows)
+    if not rounded.layers:
+        return (f"Learned rounding (--optimize adaround) changed no layer of '{out.name}'"
+                + (f" in {rounded.seconds} s" if rounded.of else ": it has no int8 Conv, Gemm or MatMul weight") + ".")
+    return (f"Learned rounding (--optimize adaround): {rounded.layers} of {rounded.of} layers of '{out.name}' in "
+            f"{rounded.seconds} s, their output error on the calibration samples "
+            f"{rounded.error_ratio:.2f}x that of nearest rounding (mean over the layers).")
 
 
 def _prepared(onnx: Any, artifact: FloatArtifact, float_path: Path, tmp: Path, raised: bool) -> Path:
@@ -158,6 +182,35 @@ def _equalized(onnx: Any, artifact: FloatArtifact, prepared: Path, tmp: Path, ra
         return None
     path.write_bytes(artifact.memo[key])
     return path, key
+
+
+def _smoothed(onnx: Any, artifact: FloatArtifact, prepared: Path, tmp: Path, raised: bool, calib: Subset
+              ) -> tuple[Path, tuple] | None:
+    """The prepared graph after SmoothQuant-style migration (``smoothing``), written to ``tmp``, and
+    its memo key; None where no MatMul/Gemm activation has outliers to migrate."""
+    key = ("smoothed", raised, id(calib))
+    path = tmp / "smoothed.onnx"
+    if key not in artifact.memo:
+        if ("prepared", raised) not in artifact.memo:
+            return None
+        model = onnx.load_from_string(artifact.memo[("prepared", raised)])
+        found = smoothing.groups(onnx, model)
+        done = []
+        if found:
+            tensors = [g.tensor for g in found]
+            run = tapped_session(onnx, model, tensors, artifact.model.handle.input_names)
+            rows = [row for row, _ in zip(calib, range(BIAS_CORRECTION_SAMPLES))]
+            done = smoothing.smooth(onnx, model, found, smoothing.channel_maxima(run, rows, tensors))
+        artifact.memo[key] = model.SerializeToString() if done else None
+    if artifact.memo[key] is None:
+        return None
+    path.write_bytes(artifact.memo[key])
+    return path, key
+
+
+def _graph_of(quant: QuantConfig) -> str:
+    """Which float graph ``quant`` quantizes: the prepared one, or it after equalization or smoothing."""
+    return "equalized" if quant.equalize else "smoothed" if quant.smooth else "prepared"
 
 
 # Per-channel DequantizeLinear (its ``axis``) exists from opset 13; ONNX Runtime's quantizer writes
@@ -293,8 +346,8 @@ def _ranges(ort_quant: Any, prepared: Path, tmp: Path, artifact: FloatArtifact, 
 
 def _ranges_key(calib: Subset, quant: QuantConfig) -> tuple:
     """The memo key of the activation ranges ``quant`` quantizes with: per calibration set, method
-    and graph (equalization moves the ranges of the tensors between equalized convs)."""
-    return "ranges", id(calib), RANGES_OF.get(quant.method, quant.method), quant.percentile, quant.equalize
+    and graph (equalization and smoothing move the ranges of the tensors they scale)."""
+    return "ranges", id(calib), RANGES_OF.get(quant.method, quant.method), quant.percentile, _graph_of(quant)
 
 
 def quantized_layers(floating: FloatArtifact, artifact: Path, *, calib: Subset | None = None,

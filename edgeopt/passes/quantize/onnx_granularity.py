@@ -26,7 +26,8 @@ from edgeopt.passes.quantize import closest
 from edgeopt.passes.quantize.config import QuantConfig
 
 
-def options(quant: QuantConfig, equalizable: bool = False) -> list[tuple[str, QuantConfig]]:
+def options(quant: QuantConfig, equalizable: bool = False, smoothable: bool = False
+            ) -> list[tuple[str, QuantConfig]]:
     """What the plain int8 model is chosen from: per-channel and per-tensor weights and, with the
     default calibration, edgeopt's ranges (``range_setting``) with its bias correction
     (``onnx_bias_correction``) beside onnxruntime's min/max. On the conformance models they took
@@ -43,16 +44,21 @@ def options(quant: QuantConfig, equalizable: bool = False) -> list[tuple[str, Qu
         if quant.method == "auto":
             found.append(("per-channel after cross-layer equalization, with edgeopt's ranges and bias correction",
                           replace(quant, method="mse", bias_correction=True, equalize=True)))
+    if smoothable:  # MatMul/Gemm layers reading activations with outlier channels (``smoothing``)
+        found.append(("per-channel after SmoothQuant migration" + (", with edgeopt's ranges and bias correction"
+                                                                    if quant.method == "auto" else ""),
+                      replace(quant, smooth=True, **({"method": "mse", "bias_correction": True}
+                                                     if quant.method == "auto" else {}))))
     return found
 
 
 def choose(quantize: Callable[[Path, QuantConfig], Any], float_path: Path, out: Path, calib: Subset,
-           quant: QuantConfig, pairs: list[tuple[str, str]], equalizable: bool = False
+           quant: QuantConfig, pairs: list[tuple[str, str]], equalizable: bool = False, smoothable: bool = False
            ) -> tuple[Any, str, QuantConfig]:
-    """``quantize(path, settings)`` for each of ``options(quant, equalizable)``; the closest model
-    ends at ``out``. Returns it, a note and its settings."""
+    """``quantize(path, settings)`` for each of ``options(quant, equalizable, smoothable)``; the
+    closest model ends at ``out``. Returns it, a note and its settings."""
     tried, settings_of = {}, {}
-    for i, (label, settings) in enumerate(options(quant, equalizable)):
+    for i, (label, settings) in enumerate(options(quant, equalizable, smoothable)):
         path = out.with_name(f".{out.name}.{i}.onnx")
         tried[label] = (path, quantize(path, settings))
         settings_of[label] = settings
