@@ -92,9 +92,22 @@ def _zero_std(ws):
     return [ws / "m.h5", "--std", "0.5,0"], 2, ["'calibration.std' (from --std)", "std values must be non-zero"]
 
 
+def _adaround_elsewhere(ws):
+    (ws / "m.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 100)
+    np.savez(ws / "c.npz", x=np.zeros((4, 3), np.float32))
+    return ([ws / "m.h5", "--target", "openvino", "--calib", ws / "c.npz", "--optimize", "adaround"], 2,
+            ["openvino target (keras->openvino) cannot learn the rounding"])
+
+
+def _adaround_without_calib(ws):
+    (ws / "m.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 100)
+    return [ws / "m.h5", "--target", "onnx", "--optimize", "adaround"], 2, ["there is no calibration data"]
+
+
 CHEAP = {"missing": _missing, "bracket_path": _bracket_path, "random_bytes": _random_bytes,
          "empty": _empty, "unknown_target": _unknown_target, "bad_precision": _bad_precision,
-         "zero_std": _zero_std}
+         "zero_std": _zero_std, "adaround_elsewhere": _adaround_elsewhere,
+         "adaround_without_calib": _adaround_without_calib}
 
 
 @pytest.mark.parametrize("case", sorted(CHEAP))
