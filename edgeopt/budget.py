@@ -228,8 +228,10 @@ def run(req: Request, out: Path, scratch: Callable[[str], Path], say: Progress) 
     one_run = edits.available or edits.reference is None
     added = edits.added_error(candidates, judge) if one_run else None
     if added is not None:
-        # A tensor holding inf (a log of silence) gives no ratio: such a layer is scored as unknown, 0.
-        added = {name: value if math.isfinite(value) else 0.0 for name, value in added.items()}
+        # A tensor holding inf or NaN (a log of silence) gives no ratio. Such a layer is ranked
+        # first: a log or division quantized near zero is where int8 breaks such a model. Ranked
+        # last, basic-pitch's guard search kept all 200 layers in float to hold the limit.
+        added = {name: value if math.isfinite(value) else math.inf for name, value in added.items()}
     if added is not None:
         ranking = sorted(candidates, key=lambda layer: -added.get(layer.name, 0.0))
         search.ranking_method = (f"error each layer adds at its output (noise-to-signal ratio), from one run "

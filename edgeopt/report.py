@@ -273,7 +273,10 @@ def quantization_lines(a: dict[str, Any]) -> list[str]:
                   "| layer | op | fidelity drop | SQNR dB |", "|---|---|---|---|"]
         if "added_nsr" in search["ranking"][0]:
             lines[-2:] = ["| layer | op | noise-to-signal ratio it adds |", "|---|---|---|"]
-            lines += [f"| `{r['layer']}` | {r['op']} | {r['added_nsr']:.3g} |" for r in search["ranking"]]
+            # None: the layer's tensors hold inf or NaN, which gives no ratio (ranked first).
+            lines += [f"| `{r['layer']}` | {r['op']} | "
+                      + ("not finite" if r["added_nsr"] is None else f"{r['added_nsr']:.3g}") + " |"
+                      for r in search["ranking"]]
         else:
             for r in search["ranking"]:
                 lines.append(f"| `{r['layer']}` | {r['op']} | {r['fidelity_drop']:.3g} | {fmt_num(r.get('sqnr_db'), 1)} |")

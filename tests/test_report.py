@@ -91,3 +91,17 @@ def test_formatting_helpers():
     assert report.fmt_bytes(3 << 20) == "3.0 MiB"
     assert report.fmt_num(None) == "-"
     assert report.fmt_num(0.12345, 2) == "0.12"
+
+
+def test_markdown_ranking_names_a_layer_without_a_ratio(tmp_path):
+    """A layer whose tensors hold inf (a log of silence) has no noise-to-signal ratio: report.json
+    holds null, and report.md says so instead of failing on it."""
+    r = _report(tmp_path, sqnr=40.0)
+    r["artifacts"][0]["quantization"] = {
+        "method": "auto", "per_channel": True, "mechanism": "m", "keep_float": ["log"],
+        "search": {"before": {"fidelity_drop": 4.2}, "after": {"fidelity_drop": 0.05}, "exports": 1,
+                   "needed": True, "ranking_method": "one run",
+                   "ranking": [{"layer": "log", "name": "log", "op": "Log", "added_nsr": None},
+                               {"layer": "conv", "name": "conv", "op": "Conv", "added_nsr": 0.0594}]}}
+    text = report.render_markdown(r)
+    assert "| `log` | Log | not finite |" in text and "| `conv` | Conv | 0.0594 |" in text
