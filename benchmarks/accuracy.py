@@ -105,7 +105,10 @@ def _conversion_seconds(fp32_run: Path) -> float:
 
 
 def _guard_p50_cost(art: dict) -> float | None:
-    """The guarded artifact's p50 over edgeopt's plain int8 model's, both timed in edgeopt's run."""
+    """The guarded artifact's p50 over edgeopt's plain int8 model's, both timed in edgeopt's run
+    (1 where the guard kept no layer out of int8: the artifact is the plain model)."""
+    if not (art.get("quantization") or {}).get("keep_float"):
+        return 1.0 if art.get("latency_ms") else None
     plain = ((art.get("variants") or {}).get("int8 (no layer in float)") or {}).get("latency_ms") or {}
     mine = art.get("latency_ms") or {}
     return mine["p50"] / plain["p50"] if plain.get("p50") and mine.get("p50") else None

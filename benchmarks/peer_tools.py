@@ -114,7 +114,10 @@ def ai_edge_quantizer(source: Source, calib: list[np.ndarray], out: Path) -> lis
 
 
 def onnxruntime_quantize_static(source: Source, calib: list[np.ndarray], out: Path, **settings) -> list[Path]:
-    """``quant_pre_process`` then ``quantize_static`` with every default (QDQ, S8S8, per-tensor, MinMax)."""
+    """``quant_pre_process`` then ``quantize_static`` with every default (QDQ, S8S8, per-tensor, MinMax).
+
+    Where the pre-processing's symbolic shape inference fails (Paddle exports: an assertion on
+    Concat's axis), it runs again with ``skip_symbolic_shape=True``, as its own help suggests."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, quant_pre_process, quantize_static
 
@@ -130,7 +133,10 @@ def onnxruntime_quantize_static(source: Source, calib: list[np.ndarray], out: Pa
 
     with quiet(), tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(source.fp32_onnx), str(pre))
+        try:
+            quant_pre_process(str(source.fp32_onnx), str(pre))
+        except Exception:
+            quant_pre_process(str(source.fp32_onnx), str(pre), skip_symbolic_shape=True)
         quantize_static(str(pre), str(out), Reader(), **settings)
     return [out]
 
