@@ -69,3 +69,17 @@ def test_summary_and_reading(report):
     assert summary[2] == "TFLite converter"
     assert float(summary[5]) <= 1.02  # size edgeopt / smallest peer
     assert "model/target cells" in report and "## TFLite on LiteRT (XNNPACK)" in report
+
+
+def test_accuracy_rows_measured_replace_their_cells_and_keep_the_others():
+    """benchmarks/accuracy.py measures a subset at a time: the saved table keeps the other cells,
+    in the conformance suite's order, and a column an older table lacked reads "-"."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import accuracy
+
+    saved = ("title\n\n| model | target | edgeopt default | loss | loss |\n|---|---|---|---|---|\n"
+             "| ppocr_det_v4 | onnx | 0.9900 | 0.01 | 0.08 |\n| fer_emotion_h5 | onnx | 0.9000 | 0.1 | 0.04 |\n")
+    header = ["model", "target", "edgeopt default", "loss", "loss", "edgeopt s (whole run)"]
+    rows = accuracy.merged(header, [["fer_emotion_h5", "onnx", "0.9922", "0.0078", "0.0430", "15.0"]], saved)
+    assert rows == [["fer_emotion_h5", "onnx", "0.9922", "0.0078", "0.0430", "15.0"],
+                    ["ppocr_det_v4", "onnx", "0.9900", "0.01", "0.08", "-"]]
