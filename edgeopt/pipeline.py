@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import tempfile
 import time
 from collections.abc import Callable
@@ -122,6 +123,11 @@ def check_plan(config: recipe.CompressConfig) -> None:
         raise UsageError(f"--optimize {c.optimize} learns the rounding of int8 weights on calibration data; "
                          + ("there is no calibration data." if int8 else f"precision is {config.precision}."),
                          hint="Pass --calib PATH with --precision int8, or drop --optimize.")
+    if c.optimize and importlib.util.find_spec("torch") is None:
+        from edgeopt.deps import OPTIONAL
+        from edgeopt.errors import MissingDependency
+
+        raise MissingDependency("torch", OPTIONAL["torch"][1], f"Learned rounding (--optimize {c.optimize})")
     if not int8 or c.data is None:
         if int8 and (c.method not in ("auto", "minmax") or not c.per_channel or c.percentile is not None):
             raise UsageError(f"Calibration method '{c.method}' and per-tensor weights need calibration data, and "
