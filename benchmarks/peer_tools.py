@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from edgeopt.deps import no_telemetry, quiet_stderr
+from edgeopt.outputs import working_dir
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,8 @@ def onnxruntime_quantize_static(source: Source, calib: list[np.ndarray], out: Pa
             row = next(self._rows, None)
             return None if row is None else dict(zip(names, row))
 
-    with quiet(), tempfile.TemporaryDirectory() as tmp:
+    with quiet(), tempfile.TemporaryDirectory() as tmp, working_dir(Path(tmp)):
+        # A failed symbolic shape inference saves its partial model into the current folder.
         pre = Path(tmp) / "pre.onnx"
         try:
             quant_pre_process(str(source.fp32_onnx), str(pre))
