@@ -10,11 +10,11 @@ quantizes the target's one float artifact again (or edits the int8 one); nothing
 again. Everything is measured on the target's own runtime against the source model:
 
 1. export plain int8 (overrides applied); if the budgets hold, that is the artifact;
-2. rank layers by sensitivity: where the path ranks from one run (``sensitivity``: onnxruntime
-   and NNCF), by the error each layer adds at its output; elsewhere each layer
-   alone in int8, all others in float, quantized and scored at the model's output (the budget's
-   own drop, then SQNR; on a few validation samples past FEW_LAYERS). Where the path can edit its int8 artifact (``float_edit``:
-   onnxruntime), every try below is an edit and the artifact is the edit that held;
+2. rank layers by sensitivity: up to FEW_LAYERS, each layer alone in int8, all others in float,
+   scored at the model's output (the budget's own drop, then SQNR); past it, where the path ranks
+   from one run (``sensitivity``: onnxruntime and NNCF), by the error each layer adds at its output,
+   elsewhere by such tries on a few validation samples. Where the path can edit its int8 artifact
+   (``float_edit``: onnxruntime and NNCF), every try is an edit and the artifact is the edit that held;
 3. keep the most sensitive 1, 2, 4, ... layers in float until the budgets hold, then narrow down
    between the last count that failed and the first that passed (where the measured excess
    crosses the budget, and at the middle, in turn).
@@ -52,8 +52,8 @@ Export = Callable[[Path, QuantConfig], ExportResult]
 # The rankings and the edit probe use this many validation samples: they order layers and check a
 # mechanism, while every try is judged on all of them.
 RANKING_SAMPLES = 16
-# Up to this many candidate layers, a path without edits ranks them by one try each on every
-# validation sample; past it, from one run where the path can (else a try each on RANKING_SAMPLES).
+# Up to this many candidate layers, they are ranked by one try each on every validation sample;
+# past it, from one run where the path can (else by a try each on RANKING_SAMPLES).
 FEW_LAYERS = 32
 # Points of fidelity drop the all-float edit may keep for edits to stand in for quantizing again.
 EDIT_REACHES_FLOAT = 0.05
@@ -84,8 +84,12 @@ class Judge:
         return self if first is self.reference else Judge(self._target, self._source, first, self._threads)
 
     def measure(self, exported: ExportResult) -> Quality:
+        files = (exported.path, *exported.extra_files)
+        known = self.reference.known(files)
+        if known is not None:
+            return known
         return self.reference.measure(open_own_artifact(self._target, exported.path, self._source,
-                                                        threads=self._threads))
+                                                        threads=self._threads), files)
 
 
 # --- budgets -----------------------------------------------------------------------------------
@@ -217,40 +221,8 @@ def run(req: Request, out: Path, scratch: Callable[[str], Path], say: Progress) 
         return Outcome(result, info, plain=plain, warnings=warnings)
 
     candidates = [layer for layer in layers if layer.name not in forced]
-    fixed_int8 = {n for n, p in forced.items() if p == "int8"}
     say(f"Ranking {len(candidates)} layers of the {req.target} artifact by sensitivity")
     edits = _Edits(req, result, scratch, layers, judge)
-    # A one-run ranking serves where the path's edits do (a graph the edit probe found parts of
-    # that it cannot reach, If/Loop bodies, hides them from the taps too), and on every path
-    # without edits that has one: a try per layer measures the budget's own metric, which the added
-    # error only stands in for, but on the mini-Xception's 28 OpenVINO layers it took 25 s of a
-    # 49 s run where the one-run ranking takes 0.2 s (the search then kept 22 layers, not 19).
-    one_run = edits.available or edits.reference is None
-    added = edits.added_error(candidates, judge) if one_run else None
-    if added is not None:
-        # A tensor holding inf or NaN (a log of silence) gives no ratio. Such a layer is ranked
-        # first: a log or division quantized near zero is where int8 breaks such a model. Ranked
-        # last, basic-pitch's guard search kept all 200 layers in float to hold the limit.
-        added = {name: value if math.isfinite(value) else math.inf for name, value in added.items()}
-    if added is not None:
-        ranking = sorted(candidates, key=lambda layer: -added.get(layer.name, 0.0))
-        search.ranking_method = (f"error each layer adds at its output (noise-to-signal ratio), from one run "
-                                 f"of the int8 and float models on {min(RANKING_SAMPLES, judge.samples)} "
-                                 "validation samples")
-        search.ranking = [{"layer": layer.title, "name": layer.name, "op": layer.op,
-                           "added_nsr": round(added.get(layer.name, 0.0), 6)} for layer in ranking]
-    else:
-        scorer = judge if len(candidates) <= FEW_LAYERS else judge.subset(RANKING_SAMPLES)
-        scored = _rank(req, candidates, layers, fixed_int8, scratch, scorer)
-        ranking = [layer for layer, _ in scored]
-        search.ranking_method = (f"each layer alone in int8, the rest float, scored on {scorer.samples} "
-                                 "validation samples")
-        search.ranking = [{"layer": layer.title, "name": layer.name, "op": layer.op, **q.to_dict()}
-                          for layer, q in scored]
-        search.exports += len(candidates)
-    say(f"Searching for the fewest layers to keep in float ({req.target})")
-    tried: dict[int, tuple[ExportResult, Quality]] = {0: (result, start)}
-    order = [layer.name for layer in ranking]
 
     def with_float(names: tuple[str, ...], tag: str) -> ExportResult:
         edited = edits.keep(names, tag)
@@ -258,6 +230,35 @@ def run(req: Request, out: Path, scratch: Callable[[str], Path], say: Progress) 
             return edited
         search.exports += 1
         return req.export(scratch(tag), replace(req.quant, keep_float=kept0 + names))
+
+    # Up to FEW_LAYERS, each layer is scored alone in int8 on the budget's own metric (an edit and
+    # a judging run each, where the path edits): the path's one-run ranking only stands in for it,
+    # and on Silero VAD's 19 ONNX layers the search then kept 12 where the tries' ranking holds
+    # the limit with 6. Past it, the one-run ranking serves where the path has one.
+    few = len(candidates) <= FEW_LAYERS
+    added = None if few else edits.added_error(candidates, judge)
+    if added is not None:
+        # A tensor holding inf or NaN (a log of silence) gives no ratio. Such a layer is ranked
+        # first: a log or division quantized near zero is where int8 breaks such a model. Ranked
+        # last, basic-pitch's guard search kept all 200 layers in float to hold the limit.
+        added = {name: value if math.isfinite(value) else math.inf for name, value in added.items()}
+        ranking = sorted(candidates, key=lambda layer: -added.get(layer.name, 0.0))
+        search.ranking_method = (f"error each layer adds at its output (noise-to-signal ratio), from one run "
+                                 f"of the int8 and float models on {min(RANKING_SAMPLES, judge.samples)} "
+                                 "validation samples")
+        search.ranking = [{"layer": layer.title, "name": layer.name, "op": layer.op,
+                           "added_nsr": round(added.get(layer.name, 0.0), 6)} for layer in ranking]
+    else:
+        scorer = judge if few else judge.subset(RANKING_SAMPLES)
+        scored = _rank(req, candidates, with_float, scorer)
+        ranking = [layer for layer, _ in scored]
+        search.ranking_method = (f"each layer alone in int8, the rest float, scored on {scorer.samples} "
+                                 "validation samples" + (" (edits of the int8 model)" if edits.available else ""))
+        search.ranking = [{"layer": layer.title, "name": layer.name, "op": layer.op, **q.to_dict()}
+                          for layer, q in scored]
+    say(f"Searching for the fewest layers to keep in float ({req.target})")
+    tried: dict[int, tuple[ExportResult, Quality]] = {0: (result, start)}
+    order = [layer.name for layer in ranking]
 
     def with_mix(floats: tuple[str, ...], wide: tuple[str, ...], tag: str) -> ExportResult:
         search.exports += 1
@@ -480,15 +481,14 @@ def _sqnr(q: Quality) -> float:
     return math.inf if value is None else value
 
 
-def _rank(req: Request, candidates: list[Layer], layers: list[Layer], fixed_int8: set[str],
-          scratch: Callable[[str], Path], judge: Judge) -> list[tuple[Layer, Quality]]:
-    """Each candidate alone in int8 (with the layers forced to int8), scored at the output; most
+def _rank(req: Request, candidates: list[Layer], with_float: Callable[[tuple[str, ...], str], ExportResult],
+          judge: Judge) -> list[tuple[Layer, Quality]]:
+    """Each candidate alone in int8 (the other candidates in float), scored at the output; most
     sensitive first. Quantizing one layer also quantizes the tensors it reads and writes, so a
     layer fed or followed by an outlier-heavy tensor shows up here too."""
     scored = []
     for i, layer in enumerate(candidates):
-        keep = tuple(other.name for other in layers if other.name != layer.name and other.name not in fixed_int8)
-        exported = req.export(scratch(f"rank{i}"), replace(req.quant, keep_float=keep))
+        exported = with_float(tuple(other.name for other in candidates if other.name != layer.name), f"rank{i}")
         try:
             scored.append((layer, judge.measure(exported)))
         finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -262,3 +263,14 @@ def working_dir(folder: Path) -> Iterator[None]:
         yield
     finally:
         os.chdir(previous)
+
+
+def sha256_of(path: Path) -> str:
+    """The SHA-256 of a file, or of a folder's files in name order."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

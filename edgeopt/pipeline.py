@@ -24,7 +24,7 @@ from edgeopt.passes.quantize.config import DEFAULT_PERCENTILE, QuantConfig, chec
 from edgeopt.formats import SOURCE_FORMATS, detect_format, suffix_mismatch
 from edgeopt.frameworks.base import LoadedModel
 from edgeopt.model import Format, TensorSpec
-from edgeopt.outputs import OutputStage, check_output_dir
+from edgeopt.outputs import OutputStage, check_output_dir, sha256_of
 from edgeopt.passes.base import PassContext
 from edgeopt.targets.base import op_summary, open_own_artifact
 from edgeopt.report import build_report, render_markdown, write_json
@@ -63,16 +63,6 @@ class Result:
     @property
     def artifacts(self) -> list[dict[str, Any]]:
         return self.report["artifacts"]
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        with f.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 # File suffixes of artifacts whose target name is not their extension.
@@ -604,7 +594,8 @@ def _measure(target, source: LoadedModel, variants: dict, reference: Reference |
     quality = None
     if reference is not None:
         say(f"Validating on {reference.samples} samples")
-        qualities = {k: reference.measure(session) for k, session in sessions.items()}
+        qualities = {k: reference.measure(session, (variants[k].path, *variants[k].extra_files))
+                     for k, session in sessions.items()}
         quality = qualities["artifact"]
         entry.baseline_fidelity, entry.fidelity = qualities["fp32"].fidelity, quality.fidelity
         for k in measured:

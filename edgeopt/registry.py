@@ -139,9 +139,7 @@ _ORT_INT16 = "edgeopt.passes.quantize.onnx_int16_edit:widen_activations"
 _NNCF_FP16 = "edgeopt.passes.quantize.openvino:float_weights_in_fp16"
 _ORT_OPTIMIZERS = ("adaround",)
 _NNCF_SENSITIVITY = "edgeopt.passes.quantize.openvino_sensitivity:added_error"
-# No OpenVINO edit: NNCF moves a FakeQuantize up through reshapes and pools, where other ops share
-# it, and bypassing only the quantizers an op reads directly left a 10-conv test net 12 points
-# off where ignored_scope brought it to 0.07.
+_NNCF_EDIT = "edgeopt.passes.quantize.openvino_float_edit:keep_in_float"
 
 EXPORTS: tuple[ExportPath, ...] = (
     ExportPath("keras->tflite", "edgeopt.exporters.tflite:convert_keras", "edgeopt.passes.quantize.tflite:quantize",
@@ -169,13 +167,13 @@ EXPORTS: tuple[ExportPath, ...] = (
                optimizers=_ORT_OPTIMIZERS),
     ExportPath("keras->openvino", "edgeopt.exporters.openvino:convert_keras", _NNCF_QUANTIZE, (TF, OPENVINO, NNCF),
                calibration=_NNCF_CALIB, keep_float=_NNCF_KEEP, layers=_NNCF_LAYERS,
-               sensitivity=_NNCF_SENSITIVITY, fp16_edit=_NNCF_FP16),
+               float_edit=_NNCF_EDIT, sensitivity=_NNCF_SENSITIVITY, fp16_edit=_NNCF_FP16),
     ExportPath("torch->openvino", "edgeopt.exporters.openvino:convert_torch", _NNCF_QUANTIZE, (TORCH, OPENVINO, NNCF),
                calibration=_NNCF_CALIB, keep_float=_NNCF_KEEP, layers=_NNCF_LAYERS,
-               sensitivity=_NNCF_SENSITIVITY, fp16_edit=_NNCF_FP16),
+               float_edit=_NNCF_EDIT, sensitivity=_NNCF_SENSITIVITY, fp16_edit=_NNCF_FP16),
     ExportPath("onnx->openvino", "edgeopt.exporters.openvino:convert_onnx", _NNCF_QUANTIZE, (OPENVINO, NNCF),
                calibration=_NNCF_CALIB, keep_float=_NNCF_KEEP, layers=_NNCF_LAYERS,
-               sensitivity=_NNCF_SENSITIVITY, fp16_edit=_NNCF_FP16),
+               float_edit=_NNCF_EDIT, sensitivity=_NNCF_SENSITIVITY, fp16_edit=_NNCF_FP16),
 )
 
 RUNTIMES: tuple[Runtime, ...] = (

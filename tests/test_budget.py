@@ -97,7 +97,12 @@ def _check_search(artifact: dict, expected_kept: list[str]) -> dict:
             assert search["exports"] == len(search["tried"])
     else:
         assert search["ranking"][0]["fidelity_drop"] > 10.0 and search["ranking"][-1]["fidelity_drop"] < 1.0
-        assert search["exports"] == 1 + len(search["ranking"]) + len(search["tried"]) - 1
+        if search["edits"]:  # a try per layer and per search step, each an edit (after the probe)
+            assert search["ranking_method"].endswith("(edits of the int8 model)")
+            assert search["exports"] == 1
+            assert search["edits"] == 1 + len(search["ranking"]) + len(search["tried"]) - 1
+        else:  # plain int8, then one quantization per layer and per try
+            assert search["exports"] == 1 + len(search["ranking"]) + len(search["tried"]) - 1
     assert artifact["budgets"] == [{"budget": "max_fidelity_drop", "limit": 1.0,
                                     "value": pytest.approx(search["after"]["fidelity_drop"], abs=1e-3),
                                     "passed": True}]
@@ -265,7 +270,18 @@ def test_openvino_budget_search_ignores_the_conv_reading_the_outliers(outlier, t
     _out, artifact = _searched(outlier, "openvino", tmp_path, "--fallback-cost", "size")
     # NNCF quantizes a layer's inputs, so keeping the reader of the outlier tensor in float is enough.
     q = _check_search(artifact, ["conv3/WithoutBiases"])
-    assert q["keep_float_mechanism"] == "NNCF nncf.quantize(ignored_scope=nncf.IgnoredScope(names=...))"
+    # The tries were edits of NNCF's IR (``openvino_float_edit``), and the artifact is the one that held.
+    assert q["keep_float_mechanism"].startswith("the int8 model edited so those layers read float inputs") \
+        and q["keep_float_mechanism"].endswith("as NNCF nncf.quantize(ignored_scope=nncf.IgnoredScope(names=...)) "
+                                               "keeps them")
+    assert q["search"]["exports"] == 1 and q["search"]["edits"] >= 3
+    import openvino as ov
+
+    convs = [op for op in ov.Core().read_model(artifact["path"]).get_ordered_ops()
+             if op.get_type_name() == "Convolution"]
+    reads_fq = {op.get_friendly_name(): op.input(0).get_source_output().get_node().get_type_name() == "FakeQuantize"
+                for op in convs}
+    assert len(reads_fq) == 10 and [n for n, q8 in reads_fq.items() if not q8] == ["conv3/WithoutBiases"]
     # With size as the cost, its weights are stored in fp16, which holds the budget too.
     assert q["precisions"] == {"fp16": ["conv3/WithoutBiases"], "float": []}
     (row,) = q["search"]["ladder"]

@@ -100,6 +100,9 @@ class Reference:
         self.metric = metric
         self.labels = val.labels()
         self.accuracy = metric(outputs, self.labels)
+        # Artifact files' digest -> their quality: the guard's search judges the plain int8 model
+        # and the artifact, and the validation after it need not run them again.
+        self._known: dict[str, Quality] = {}
 
     @classmethod
     def of_model(cls, model: Any, val: Subset, metric: Metric) -> Reference:
@@ -136,5 +139,21 @@ class Reference:
             drop = 100.0 * (next(iter(self.accuracy.values())) - next(iter(accuracy.values())))
         return Quality(fidelity, accuracy, fidelity_drop(fidelity), drop)
 
-    def measure(self, session: Any) -> Quality:
-        return self.judge(self.outputs_of(session))
+    def measure(self, session: Any, files: tuple[Path, ...] = ()) -> Quality:
+        """``session``'s quality; with the ``files`` it runs, measured once per content."""
+        key = artifact_digest(files) if files else None
+        if key is None or key not in self._known:
+            quality = self.judge(self.outputs_of(session))
+            if key is None:
+                return quality
+            self._known[key] = quality
+        return self._known[key]
+
+    def known(self, files: tuple[Path, ...]) -> Quality | None:
+        return self._known.get(artifact_digest(files))
+
+
+def artifact_digest(files: tuple[Path, ...]) -> str:
+    from edgeopt.outputs import sha256_of
+
+    return ":".join(sha256_of(f) for f in files)

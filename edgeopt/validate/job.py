@@ -223,7 +223,7 @@ def _size(path: Path) -> int:
 def run(config: ValidateConfig, out_dir: Path, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Validate, then write report.json, report.md and report.html to ``out_dir`` atomically."""
     from edgeopt.outputs import OutputStage, check_output_dir
-    from edgeopt.pipeline import sha256_of
+    from edgeopt.outputs import sha256_of
     from edgeopt.report import envelope, render_markdown, write_json
     from edgeopt.report_html import render_html
 

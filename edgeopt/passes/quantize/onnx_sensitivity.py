@@ -9,7 +9,7 @@ int8 model (``onnx_float_edit``), where a ranking by tries took one judging run 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,8 @@ def added_error(floating: FloatArtifact, artifact: Path, layers: list[Layer], ro
     onnx = require("onnx", "Reading ONNX models")
     prepared = onnx.load_from_string(data)
     int8 = onnx.load(str(artifact))
+    if quantized_subgraphs(onnx, int8):
+        return None
     shadowed, taps = shadow_graph(onnx, prepared, int8, {layer.name for layer in layers})
     if not taps:
         return None
@@ -51,6 +53,22 @@ def added_error(floating: FloatArtifact, artifact: Path, layers: list[Layer], ro
             noise[i] += float(np.dot(diff, diff))
             signal[i] += float(np.dot(f, f))
     return {name: float(noise[i] / signal[i]) if signal[i] > 0 else 0.0 for i, name in enumerate(names)}
+
+
+def quantized_subgraphs(onnx: Any, model: Any) -> bool:
+    """Whether an If/Loop/Scan body (at any depth) quantizes, or reads a dequantized tensor of the
+    main graph: the taps see the main graph only (Silero VAD's bodies hold its LSTM)."""
+    dequantized = {o for node in model.graph.node if node.op_type == "DequantizeLinear" for o in node.output}
+
+    def bodies(nodes: Any) -> Iterator[Any]:
+        for node in nodes:
+            for attribute in node.attribute:
+                for body in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
+                    yield body
+                    yield from bodies(body.node)
+
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") or dequantized.intersection(n.input)
+               for body in bodies(model.graph.node) for n in body.node)
 
 
 # Suffixes of the copies' names, one per role: a layer's output may also be what a quantizer reads.

@@ -153,7 +153,7 @@ def _advanced(quant: QuantConfig) -> Any:
 
 # Ops NNCF moves quantizers through without quantizing them itself: a FakeQuantize feeding one of
 # these serves the op further down, so the op that reads it is no layer of its own.
-_PASS_THROUGH = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "MaxPool", "StridedSlice", "Split",
+PASS_THROUGH = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "MaxPool", "StridedSlice", "Split",
                  "VariadicSplit", "Pad", "Relu", "Clamp", "Concat", "Gather", "DepthToSpace", "SpaceToDepth",
                  "ShuffleChannels", "Broadcast", "Tile", "Convert", "FakeQuantize"}
 
@@ -176,7 +176,7 @@ def quantized_layers(floating: FloatArtifact, artifact: Path, *, calib: Subset |
         for output in op.outputs():
             for target in output.get_target_inputs():
                 node = target.get_node()
-                if weights or node.get_type_name() not in _PASS_THROUGH:
+                if weights or node.get_type_name() not in PASS_THROUGH:
                     found.setdefault(node.get_friendly_name(), Layer(
                         name=node.get_friendly_name(), op=node.get_type_name(),
                         label=layer_label([node.get_friendly_name(), *_upstream_names(node)], names)))
