@@ -149,6 +149,25 @@ class Reference:
             self._known[key] = quality
         return self._known[key]
 
+    def measure_unless(self, session: Any, files: tuple[Path, ...], head: int,
+                       hopeless: Callable[[Quality], bool]) -> tuple[Quality, bool]:
+        """``session``'s quality, judged first on the ``head`` first samples: where ``hopeless``
+        says that judgement settles it, the rest are not run, and it comes back with False (a
+        judgement on part of the samples, never kept as the artifact's); else it runs the rest
+        and judges them all, as ``measure``."""
+        key = artifact_digest(files)
+        if key in self._known or len(self.val) <= head:
+            return self.measure(session, files), True
+        front = self.first(head)
+        outputs = front.outputs_of(session)
+        early = front.judge(outputs)
+        if hopeless(early):
+            return early, False
+        rest = Subset(self.val.source, self.val.indices[head:])
+        parts = [outputs, *([session.run_many(rows) for rows in rest.chunks(CHUNK)])]
+        self._known[key] = self.judge([np.concatenate(p) for p in zip(*parts)])
+        return self._known[key], True
+
     def known(self, files: tuple[Path, ...]) -> Quality | None:
         return self._known.get(artifact_digest(files))
 

@@ -140,16 +140,21 @@ def _prepared(onnx: Any, artifact: FloatArtifact, float_path: Path, tmp: Path, r
         artifact.memo[MEMO_KEY] = data
         return prepared
     shape_tools = require("onnxruntime.quantization.shape_inference", "Quantizing ONNX models")
-    # When symbolic shape inference fails, onnxruntime saves its partial model into the current
-    # folder (sym_shape_infer_temp.onnx and a data file); run it from the temporary folder instead.
-    with working_dir(tmp):
-        try:
-            with quiet_stderr():
-                shape_tools.quant_pre_process(str(float_path), str(prepared))
-        except Exception:
-            # Symbolic shape inference fails on some graphs; the ONNX one is enough for quantization.
-            with quiet_stderr():
-                shape_tools.quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+    # onnxruntime saves a partial model into the current folder when symbolic shape inference
+    # fails (sym_shape_infer_temp.onnx and a data file); run it from the temporary folder instead.
+    with working_dir(tmp), quiet_stderr():
+        # ONNX's own shape inference types every tensor of most graphs; symbolic shape inference
+        # (sympy, and onnxruntime.tools imports torch) then adds nothing the quantizer reads: on
+        # the conformance models where it succeeds the int8 graph is the same. It runs only where
+        # some tensor is left without a type, and where it fails the ONNX result stands.
+        shape_tools.quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+        if untyped_tensors(onnx.load(str(prepared), load_external_data=False)):
+            symbolic = tmp / "prepared_symbolic.onnx"
+            try:
+                shape_tools.quant_pre_process(str(float_path), str(symbolic))
+                symbolic.replace(prepared)
+            except Exception:
+                pass
     model = onnx.load(str(prepared), load_external_data=False)
     nameless = any(not node.name for node in model.graph.node)
     if nameless:
@@ -165,6 +170,14 @@ def _prepared(onnx: Any, artifact: FloatArtifact, float_path: Path, tmp: Path, r
         return prepared
     artifact.memo[("prepared", raised)] = artifact.memo[MEMO_KEY] = data
     return prepared
+
+
+def untyped_tensors(model: Any) -> list[str]:
+    """Node outputs of the main graph without an element type: tensors the quantizer cannot judge."""
+    graph = model.graph
+    typed = {v.name for v in (*graph.input, *graph.output, *graph.value_info) if v.type.tensor_type.elem_type}
+    typed |= {t.name for t in graph.initializer}
+    return [name for node in graph.node for name in node.output if name and name not in typed]
 
 
 def _equalized(onnx: Any, artifact: FloatArtifact, prepared: Path, tmp: Path, raised: bool
