@@ -103,6 +103,14 @@ class Reference:
         # Artifact files' digest -> their quality: the guard's search judges the plain int8 model
         # and the artifact, and the validation after it need not run them again.
         self._known: dict[str, Quality] = {}
+        self._prepared: fid.Outputs | None = None
+        self._firsts: dict[int, Reference] = {}
+
+    @property
+    def _compared(self) -> fid.Outputs:
+        if self._prepared is None:
+            self._prepared = fid.Outputs(self.outputs)
+        return self._prepared
 
     @classmethod
     def of_model(cls, model: Any, val: Subset, metric: Metric) -> Reference:
@@ -122,9 +130,12 @@ class Reference:
         """The reference of the first ``samples`` samples, from the outputs already computed."""
         if len(self.val) <= samples:
             return self
-        # Outputs are the samples' outputs one after another, the same number of rows each.
-        outputs = [o[:len(o) // len(self.val) * samples] for o in self.outputs]
-        return Reference(outputs, Subset(self.val.source, self.val.indices[:samples]), self.metric)
+        if samples not in self._firsts:
+            # Outputs are the samples' outputs one after another, the same number of rows each.
+            outputs = [o[:len(o) // len(self.val) * samples] for o in self.outputs]
+            self._firsts[samples] = Reference(outputs, Subset(self.val.source, self.val.indices[:samples]),
+                                              self.metric)
+        return self._firsts[samples]
 
     def outputs_of(self, session: Any) -> list[np.ndarray]:
         """``session``'s outputs on the validation samples, streamed in chunks."""
@@ -132,7 +143,7 @@ class Reference:
         return [np.concatenate(p) for p in zip(*parts)]
 
     def judge(self, outputs: list[np.ndarray]) -> Quality:
-        fidelity = fid.fidelity(self.outputs, outputs)
+        fidelity = self._compared.compare(outputs)
         accuracy = self.metric(outputs, self.labels)
         drop = None
         if accuracy and self.accuracy:

@@ -29,8 +29,9 @@ def closest(reference: list[np.ndarray], candidates: dict[str, list[np.ndarray]]
     for a classifier output, else the cosine of all outputs, with the cosine as tie-break; on a
     full tie the first candidate wins."""
     scores = {}
+    prepared = fid.Outputs(reference)
     for label, outputs in candidates.items():
-        found = fid.fidelity(reference, outputs)
+        found = prepared.compare(outputs)
         scores[label] = (found.get("top1_agreement", found["cosine"]), found["cosine"])
     best = next(iter(candidates))
     for label in candidates:
