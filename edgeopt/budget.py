@@ -96,7 +96,6 @@ class Judge:
         return self.reference.measure(open_own_artifact(self._target, exported.path, self._source,
                                                         threads=self._threads), files)
 
-
     def measure_unless(self, exported: ExportResult, head: int, hopeless: Callable[[Quality], bool]
                        ) -> tuple[Quality, bool]:
         """As ``measure``, but settled on the first ``head`` samples where ``hopeless`` says so
